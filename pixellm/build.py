@@ -1,0 +1,185 @@
+"""Building a PixelLM: from a preset or a llava-hf checkpoint, LoRA set-up, save and load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from huggingface_hub import load_torch_model, save_torch_model
+from peft import LoraConfig, TrainableTokensConfig, inject_adapter_in_model
+from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
+from transformers.initialization import no_init_weights
+from transformers.utils import is_flash_attn_2_available
+
+from .config import ConfigError, ModelConfig, build_dataclass
+from .constants import seg_token_strings
+from .conversation import ChatTemplate
+from .modeling.pixellm import PixelLM, PixelLMConfig
+from .presets import DEFAULT_CHECKPOINTS, PRESETS
+from .tokenization import add_codebook_tokens, build_tiny_tokenizer, ensure_image_token
+
+CONFIG_NAME = "pixellm_config.json"
+
+
+def resolve_attn_implementation(setting: str, device: torch.device | str | None = None) -> str:
+    """`auto` -> flash_attention_2 on CUDA when flash-attn is installed, else PyTorch SDPA."""
+    if setting != "auto":
+        return setting
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    return "flash_attention_2" if on_cuda and is_flash_attn_2_available() else "sdpa"
+
+
+def load_llava(
+    cfg: ModelConfig, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[LlavaForConditionalGeneration, PreTrainedTokenizerBase]:
+    """A pretrained llava-hf checkpoint (hub id or folder) and its tokenizer, loaded unchanged:
+    its aligned projector is kept. Only the path differs between a tiny test and the 7B model."""
+    path = cfg.llava_path or DEFAULT_CHECKPOINTS.get(cfg.preset)
+    if path is None:
+        raise ConfigError(f"model.llava_path is required for preset {cfg.preset!r}")
+    llava = LlavaForConditionalGeneration.from_pretrained(
+        path, dtype=dtype or torch.float32, attn_implementation=resolve_attn_implementation(cfg.attn_implementation, device)
+    )
+    return llava.to(device), AutoTokenizer.from_pretrained(path)
+
+
+def random_tiny_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaForConditionalGeneration:
+    """A random LLaVA of the tiny preset's sizes for `tokenizer` (seed torch before calling)."""
+    image_id = ensure_image_token(tokenizer)
+    # room for the codebook tokens added after this
+    vocab = len(tokenizer) + cfg.num_scales * cfg.tokens_per_scale
+    llava_cfg = PRESETS["tiny"](cfg, vocab_size=vocab, image_token_id=image_id)
+    return LlavaForConditionalGeneration._from_config(llava_cfg, attn_implementation=resolve_attn_implementation(cfg.attn_implementation))
+
+
+def build_pixellm(
+    cfg: ModelConfig,
+    *,
+    llava: LlavaForConditionalGeneration | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> PixelLM:
+    """A trainable PixelLM: tokens added and checked, embeddings resized, LoRA injected.
+
+    With no `llava`: the random tiny preset (in-memory tokenizer) when `cfg.preset == "tiny"` and
+    no `llava_path` is set, else the llava-hf checkpoint at `cfg.llava_path` (or the preset's).
+    """
+    if llava is None:
+        if cfg.preset == "tiny" and cfg.llava_path is None:
+            tokenizer = tokenizer or build_tiny_tokenizer()
+            llava = random_tiny_llava(cfg, tokenizer)
+        else:
+            llava, tokenizer = load_llava(cfg, device=device, dtype=dtype)
+    elif tokenizer is None:
+        raise ValueError("pass the tokenizer that goes with `llava`")
+    config = _make_config(cfg, llava, tokenizer)
+    _init_new_token_rows(llava, config.seg_token_ids)
+    model = PixelLM(config=config, llava=llava)
+    setup_trainable(model)
+    model.tokenizer = tokenizer
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+def _make_config(cfg: ModelConfig, llava: LlavaForConditionalGeneration, tokenizer) -> PixelLMConfig:
+    tokens = seg_token_strings(cfg.num_scales, cfg.tokens_per_scale)
+    seg_ids = add_codebook_tokens(tokenizer, tokens)
+    image_id = ensure_image_token(tokenizer)
+    if image_id != llava.config.image_token_id:
+        raise ConfigError(
+            f"the tokenizer's <image> id {image_id} differs from the model's image_token_id "
+            f"{llava.config.image_token_id}: tokenizer and checkpoint do not belong together"
+        )
+    if len(tokenizer) > llava.get_input_embeddings().num_embeddings:
+        llava.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    vc = llava.config.vision_config
+    image_size = cfg.image_size or vc.image_size
+    if image_size % vc.patch_size or image_size % 4:
+        raise ConfigError(f"model.image_size={image_size} must be a multiple of the patch size {vc.patch_size} and of 4")
+    grid = image_size // vc.patch_size
+    return PixelLMConfig(
+        settings=cfg, llava=llava.config.to_dict(), seg_tokens=tokens, seg_token_ids=seg_ids,
+        image_token_id=image_id, image_size=image_size,
+        num_image_tokens=(cfg.image_token_pool or grid) ** 2, template=ChatTemplate(),
+    )
+
+
+@torch.no_grad()
+def _init_new_token_rows(llava: LlavaForConditionalGeneration, ids: list[int]) -> None:
+    """Start each codebook row (input and output embedding) at the mean of the pre-existing rows."""
+    first = min(ids)
+    for weight in (llava.get_input_embeddings().weight, llava.get_output_embeddings().weight):
+        if weight.device.type != "meta":
+            weight[ids] = weight[:first].float().mean(0).to(weight.dtype)
+
+
+def lora_target_regex(targets: list[str]) -> str:
+    """Adapters go on the LLM's layers only: never on CLIP (which has q_proj too) or the projector."""
+    return rf"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(targets)})"
+
+
+def setup_trainable(model: PixelLM) -> None:
+    """The one place that decides what trains.
+
+    Trainable: LoRA adapters on the LLM, the codebook rows of the input and output embeddings
+    (peft trainable tokens), the codebook fusion and the pixel decoder; the vision tower only
+    when `train_vision`. Frozen: everything else (CLIP, projector, LLM base weights).
+    """
+    s = model.config.settings
+    ids = model.config.seg_token_ids
+    model.requires_grad_(False)
+    if s.lora.enabled:
+        peft_cfg = LoraConfig(
+            r=s.lora.r, lora_alpha=s.lora.alpha, lora_dropout=s.lora.dropout,
+            target_modules=lora_target_regex(s.lora.target_modules),
+            trainable_token_indices={"embed_tokens": ids, "lm_head": ids},
+        )
+    else:
+        peft_cfg = TrainableTokensConfig(target_modules=["embed_tokens", "lm_head"], token_indices=ids)
+    inject_adapter_in_model(peft_cfg, model.llava)
+    model.codebook.requires_grad_(True)
+    model.decoder.requires_grad_(True)
+    if s.train_vision:
+        model.vision_tower.requires_grad_(True)
+
+
+def save_pixellm(model: PixelLM, path: str | Path) -> None:
+    """Config-complete folder: pixellm_config.json, safetensors weights, tokenizer."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.asdict(model.config)
+    (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=str))
+    save_torch_model(model, path, max_shard_size="5GB")
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(path)
+
+
+def read_config(path: str | Path) -> PixelLMConfig:
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: not a pixellm model folder (save one with save_pretrained)")
+    raw = json.loads(file.read_text())
+    raw["settings"] = build_dataclass(ModelConfig, raw["settings"], "settings")
+    raw["template"] = ChatTemplate(**raw["template"])
+    return PixelLMConfig(**raw)
+
+
+def load_pixellm(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> PixelLM:
+    """Rebuild a saved PixelLM from its folder alone: no flags, no hub access."""
+    config = read_config(path)
+    llava_cfg = LlavaConfig.from_dict(config.llava)
+    with no_init_weights():
+        llava = LlavaForConditionalGeneration._from_config(
+            llava_cfg, attn_implementation=resolve_attn_implementation(config.settings.attn_implementation, device)
+        )
+    model = PixelLM(config=config, llava=llava)
+    setup_trainable(model)
+    load_torch_model(model, path, strict=True)
+    tok = AutoTokenizer.from_pretrained(path)
+    ids = [tok.convert_tokens_to_ids(t) for t in config.seg_tokens]
+    if ids != config.seg_token_ids:
+        raise ConfigError(f"{path}: tokenizer maps {config.seg_tokens} to {ids}, the config says {config.seg_token_ids}")
+    model.tokenizer = tok
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

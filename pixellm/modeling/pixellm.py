@@ -1,0 +1,170 @@
+"""PixelLM: LLaVA-1.5 (CLIP + projector + LLM) + segmentation codebook + light pixel decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LlavaForConditionalGeneration
+
+from ..config import ModelConfig
+from ..conversation import ChatTemplate
+from ..data.batch import Batch, ImageMeta
+from .codebook import CodebookFusion, find_codebook_groups
+from .pixel_decoder import PixelDecoder, postprocess_masks
+from .vision import VisionFeatures, encode_images
+
+
+class InputMismatchError(ValueError):
+    """Inputs that disagree with each other (image tokens vs images, masks vs codebook groups)."""
+
+
+@dataclass
+class PixelLMConfig:
+    """Everything needed to rebuild a model; saved as `pixellm_config.json` next to the weights."""
+
+    settings: ModelConfig
+    llava: dict
+    seg_tokens: list[str]
+    seg_token_ids: list[int]
+    image_token_id: int
+    image_size: int
+    num_image_tokens: int
+    template: ChatTemplate = dataclasses.field(default_factory=ChatTemplate)
+
+    @property
+    def group_size(self) -> int:
+        return len(self.seg_token_ids)
+
+
+@dataclass
+class PixelLMOutput:
+    """hidden_states: (B, S, H) last LLM layer (after the final norm).
+    mask_logits: per row (n_b, R/4, R/4) logits in the padded input frame, in text order.
+    past_key_values: the LLM cache when requested."""
+
+    hidden_states: torch.Tensor
+    mask_logits: list[torch.Tensor]
+    past_key_values: object | None = None
+
+
+class PixelLM(nn.Module):
+    def __init__(self, *, config: PixelLMConfig, llava: LlavaForConditionalGeneration) -> None:
+        super().__init__()
+        self.config = config
+        self.llava = llava
+        s = config.settings
+        self.codebook = CodebookFusion(
+            hidden_size=llava.config.text_config.hidden_size, dim=s.decoder.dim,
+            num_scales=s.num_scales, tokens_per_scale=s.tokens_per_scale,
+        )
+        self.decoder = PixelDecoder(
+            vision_dim=llava.config.vision_config.hidden_size, num_scales=s.num_scales, dim=s.decoder.dim,
+            depth=s.decoder.depth, heads=s.decoder.heads, mlp_dim=s.decoder.mlp_dim,
+            conv_stem=s.decoder.conv_stem, stem_dim=s.decoder.stem_dim,
+        )
+        self.tokenizer = None  # attached by build / from_pretrained; not a module
+
+    # -- parts of the LLaVA composition (transformers 5 layout)
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.llava.model.vision_tower
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.llava.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.llava.model.language_model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.llava.lm_head
+
+    def encode_images(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        """pixel_values: (I, 3, R, R) -> VisionFeatures (LLM tokens and decoder scales)."""
+        s = self.config.settings
+        return encode_images(
+            self.vision_tower, self.projector, pixel_values.to(self.llava.dtype),
+            llm_layer=s.llm_feature_layer, decoder_layers=s.decoder_layers, pool=s.image_token_pool,
+            native_size=self.llava.config.vision_config.image_size,
+        )
+
+    def embed_inputs(self, input_ids: torch.Tensor, image_tokens: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with each row's `<image>` positions replaced by its image's tokens.
+
+        input_ids: (B, S); image_tokens: (I, T, H); image_index: (B,). Returns (B, S, H).
+        """
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.config.image_token_id
+        counts = is_image.sum(1)
+        expected = image_tokens.shape[1]
+        bad = (counts != expected).nonzero().flatten().tolist()
+        if bad:
+            raise InputMismatchError(
+                f"row {bad[0]} has {int(counts[bad[0]])} image tokens but each image gives {expected} "
+                f"(rows with a mismatch: {bad}); expand <image> with the processor of this model"
+            )
+        if int(image_index.max()) >= image_tokens.shape[0]:
+            raise InputMismatchError(f"image_index {image_index.tolist()} refers past the {image_tokens.shape[0]} images")
+        feats = image_tokens[image_index].to(embeds.dtype)  # (B, T, H)
+        return embeds.masked_scatter(is_image.unsqueeze(-1), feats)
+
+    def forward(self, batch: Batch, *, past_key_values=None, use_cache: bool = False) -> PixelLMOutput:
+        """Teacher-forced pass: text hidden states and one mask per codebook group in each row."""
+        vision = self.encode_images(batch.pixel_values)
+        embeds = self.embed_inputs(batch.input_ids, vision.llm_tokens, batch.image_index)
+        out = self.language_model(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask,
+            past_key_values=past_key_values, use_cache=use_cache,
+        )
+        hidden = out.last_hidden_state
+        groups = [find_codebook_groups(row, self.config.seg_token_ids) for row in batch.input_ids]
+        if batch.masks is not None:
+            check_masks_match_groups(groups, batch.masks)
+        seg_hidden = [hidden[b, g.flatten()].view(g.shape[0], g.shape[1], -1) for b, g in enumerate(groups)]
+        mask_logits = self.decode_masks(seg_hidden, vision, batch.image_index, batch.pixel_values)
+        return PixelLMOutput(hidden_states=hidden, mask_logits=mask_logits, past_key_values=out.past_key_values)
+
+    def decode_masks(
+        self, seg_hidden: list[torch.Tensor], vision: VisionFeatures, image_index: torch.Tensor, pixel_values: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """seg_hidden: per row (n_b, K, H) codebook hidden states -> per row (n_b, R/4, R/4) logits."""
+        counts = [h.shape[0] for h in seg_hidden]
+        hidden = torch.cat(seg_hidden).to(next(self.codebook.parameters()).dtype)
+        target_image = torch.repeat_interleave(image_index, torch.tensor(counts, device=image_index.device))
+        size = pixel_values.shape[-1] // 4
+        logits = self.decoder(
+            self.codebook(hidden), [f.to(hidden.dtype) for f in vision.scales], target_image, (size, size),
+            images=pixel_values.to(hidden.dtype),
+        )
+        return list(logits.split(counts))
+
+    def postprocess_masks(self, logits: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
+        """(n, R/4, R/4) logits -> (n, H, W) logits at the image's original size."""
+        return postprocess_masks(logits, self.config.image_size, meta.valid_size, meta.original_size)
+
+    def save_pretrained(self, path) -> None:
+        from ..build import save_pixellm
+
+        save_pixellm(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> PixelLM:
+        from ..build import load_pixellm
+
+        return load_pixellm(path, device=device, dtype=dtype)
+
+
+def check_masks_match_groups(groups: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    """Every row needs exactly one ground-truth mask per codebook group in its text."""
+    if len(groups) != len(masks):
+        raise InputMismatchError(f"{len(groups)} rows but {len(masks)} mask lists")
+    for b, (g, m) in enumerate(zip(groups, masks)):
+        if g.shape[0] != m.shape[0]:
+            raise InputMismatchError(
+                f"row {b}: {g.shape[0]} codebook groups in the text but {m.shape[0]} ground-truth masks"
+            )
