@@ -125,7 +125,7 @@ class PixelLM(nn.Module):
         groups = [find_codebook_groups(row, self.config.seg_token_ids) for row in batch.input_ids]
         if batch.masks is not None:
             check_masks_match_groups(groups, batch.masks)
-        seg_hidden = [hidden[b, g.flatten()].view(g.shape[0], g.shape[1], -1) for b, g in enumerate(groups)]
+        seg_hidden = [hidden[b][g] for b, g in enumerate(groups)]  # per row (G, K, H)
         mask_logits = self.decode_masks(seg_hidden, vision, batch.image_index, batch.pixel_values)
         return PixelLMOutput(hidden_states=hidden, mask_logits=mask_logits, past_key_values=out.past_key_values)
 

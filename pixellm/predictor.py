@@ -1,0 +1,111 @@
+"""`PixelLMPredictor`: a small stateful inference API (image in, text + phrase-tied masks out)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .constants import SEG_PLACEHOLDER
+from .generation import GenerationConfig, generate
+from .modeling.pixellm import PixelLM
+from .processor import PixelLMProcessor
+
+
+@dataclass
+class Segment:
+    """One referred object: the phrase before its codebook group, its (H, W) bool mask and a
+    confidence (mean probability over the predicted foreground)."""
+
+    phrase: str
+    mask: np.ndarray
+    score: float
+
+
+@dataclass
+class Prediction:
+    """text: the answer with each codebook group written as `<seg>`; segments in text order."""
+
+    text: str
+    segments: list[Segment]
+
+
+_LEADING = re.compile(r"^(?:[\s,.;:]|and\b|or\b|then\b)+", re.IGNORECASE)
+
+
+def split_phrases(text: str) -> list[str]:
+    """The phrase each `<seg>` refers to: the text since the previous group or sentence break."""
+    parts = text.split(SEG_PLACEHOLDER)[:-1]
+    phrases = []
+    for part in parts:
+        tail = re.split(r"[.;:!?\n]", part)[-1]
+        phrases.append(_LEADING.sub("", tail).strip(" ,"))
+    return phrases
+
+
+def mask_score(logits: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) logits -> (n,) mean sigmoid over the predicted-positive pixels (0 if none)."""
+    prob = logits.sigmoid()
+    pos = logits > 0
+    return torch.where(pos, prob, torch.zeros_like(prob)).flatten(1).sum(1) / pos.flatten(1).sum(1).clamp(min=1)
+
+
+class PixelLMPredictor:
+    def __init__(self, model: PixelLM, *, max_length: int = 4096) -> None:
+        self.model = model.eval()
+        self.processor = PixelLMProcessor.from_model(model, max_length=max_length)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> PixelLMPredictor:
+        return cls(PixelLM.from_pretrained(path, device=device, dtype=dtype))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        """Token ids -> text with each whole codebook group written as `<seg>`."""
+        tok, seg = self.model.tokenizer, self.model.config.seg_token_ids
+        pieces, run = [], []
+        for t in token_ids:
+            if t == seg[0]:
+                pieces.append(tok.decode(run, skip_special_tokens=True))
+                pieces.append(SEG_PLACEHOLDER)
+                run = []
+            elif t not in seg:
+                run.append(t)
+        pieces.append(tok.decode(run, skip_special_tokens=True))
+        return "".join(pieces).strip()
+
+    @torch.no_grad()
+    def predict_batch(self, image: Image.Image | str | Path, questions: list[str], **generation) -> list[Prediction]:
+        """Answer several questions about one image; the image is encoded once."""
+        if not isinstance(image, Image.Image):
+            image = Image.open(image)
+        pixels, meta = self.processor.preprocess_image(image.convert("RGB"))
+        pixels = pixels[None].to(self.device)
+        vision = self.model.encode_images(pixels)
+        prompts = [self.processor.encode_prompt(q) for q in questions]
+        index = torch.zeros(len(questions), dtype=torch.long, device=self.device)
+        outs = generate(self.model, prompts, vision, index, GenerationConfig(**generation))
+        masks = self.model.decode_masks([o.seg_hidden for o in outs], vision, index, pixels)
+        results = []
+        for out, logits in zip(outs, masks):
+            full = self.model.postprocess_masks(logits, meta).float()
+            text = self.decode_text(out.token_ids)
+            phrases = split_phrases(text)
+            scores = mask_score(full)
+            segments = [
+                Segment(phrase=p, mask=(m > 0).cpu().numpy(), score=float(s))
+                for p, m, s in zip(phrases, full, scores)
+            ]
+            results.append(Prediction(text=text, segments=segments))
+        return results
+
+    def predict(self, image: Image.Image | str | Path, question: str, **generation) -> Prediction:
+        """Answer one question: the text and an ordered list of (phrase, mask, score)."""
+        return self.predict_batch(image, [question], **generation)[0]

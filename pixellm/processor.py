@@ -1,0 +1,134 @@
+"""The processor: the only owner of image transforms, `<image>` expansion, the chat template,
+codebook-group insertion, label masking and truncation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from .constants import CLIP_MEAN, CLIP_STD, IGNORE_INDEX, IMAGE_TOKEN, SEG_PLACEHOLDER
+from .data.batch import ImageMeta, Sample
+from .data.errors import DataError, Problem
+from .data.masks import MaskDecodeError, decode_mask
+from .data.records import QARecord
+from .modeling.pixellm import PixelLMConfig
+
+
+class SampleTooLongError(DataError):
+    """Even with every target dropped, a sample does not fit the token budget."""
+
+
+@dataclass
+class Encoded:
+    """Token ids of one question (and answer). input_ids/labels: (S,) long.
+    kept_targets: how many of the answer's targets survived truncation."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    kept_targets: int
+
+
+class PixelLMProcessor:
+    def __init__(self, *, tokenizer, config: PixelLMConfig, max_length: int = 512) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.max_length = max_length
+        self.group = "".join(config.seg_tokens)
+        self.image_size = config.image_size
+
+    @classmethod
+    def from_model(cls, model, max_length: int = 512) -> PixelLMProcessor:
+        return cls(tokenizer=model.tokenizer, config=model.config, max_length=max_length)
+
+    # ------------------------------------------------------------------ images
+    def preprocess_image(self, image: Image.Image) -> tuple[torch.Tensor, ImageMeta]:
+        """RGB PIL image -> (3, R, R) normalised pixels (longest side resized to R, zero padding
+        bottom/right after normalisation) and its ImageMeta."""
+        w, h = image.size
+        r = self.image_size
+        scale = r / max(h, w)
+        valid = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = TF.to_dtype(TF.to_image(image.convert("RGB")), torch.float32, scale=True)
+        x = TF.resize(x, list(valid), antialias=True)
+        x = TF.normalize(x, CLIP_MEAN, CLIP_STD)
+        x = TF.pad(x, [0, 0, r - valid[1], r - valid[0]], fill=0.0)
+        return x, ImageMeta(original_size=(h, w), valid_size=valid)
+
+    # ------------------------------------------------------------------ text
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """BOS + template prompt with `<image>` expanded to num_image_tokens image-token ids."""
+        prompt = self.config.template.prompt(question, with_image=True)
+        before, after = prompt.split(IMAGE_TOKEN, 1)
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        image = [self.config.image_token_id] * self.config.num_image_tokens
+        return bos + self._ids(before) + image + self._ids(after)
+
+    def answer_ids(self, answer: str, keep_targets: int | None = None) -> list[int]:
+        """Answer tokens (+ EOS) with each `<seg>` replaced by the codebook group.
+
+        keep_targets: keep only the first k targets; the text after the k-th group is cut, so a
+        group is never split and the text never refers to a dropped mask.
+        """
+        parts = answer.split(SEG_PLACEHOLDER)
+        n = len(parts) - 1
+        k = n if keep_targets is None else keep_targets
+        text = self.group.join(parts[: k + 1]) if k == n else self.group.join(parts[:k]) + self.group
+        return self._ids(self.config.template.answer(text)) + [self.tokenizer.eos_token_id]
+
+    def encode(self, question: str, answer: str) -> Encoded:
+        """Tokenize a question and its answer; labels are the answer tokens only.
+
+        A too-long answer drops whole trailing targets; SampleTooLongError if no target fits
+        (or the prompt alone is too long).
+        """
+        prompt = self.prompt_ids(question)
+        n = answer.count(SEG_PLACEHOLDER)
+        for k in range(n, -1, -1):
+            ans = self.answer_ids(answer, keep_targets=k)
+            if len(prompt) + len(ans) <= self.max_length:
+                if k == 0 and n > 0:
+                    break
+                ids = torch.tensor(prompt + ans, dtype=torch.long)
+                labels = torch.tensor([IGNORE_INDEX] * len(prompt) + ans, dtype=torch.long)
+                return Encoded(ids, labels, k)
+        raise SampleTooLongError(
+            f"prompt of {len(prompt)} tokens + answer does not fit max_length={self.max_length} "
+            f"with any of its {n} targets"
+        )
+
+    def encode_prompt(self, question: str) -> torch.Tensor:
+        """(S,) input ids for generation: the prompt only."""
+        return torch.tensor(self.prompt_ids(question), dtype=torch.long)
+
+    # ------------------------------------------------------------------ records
+    def __call__(self, record: QARecord) -> Sample:
+        """QARecord -> Sample: image loaded and transformed, masks decoded at original size."""
+        where = f"question {record.question_id}"
+        try:
+            with Image.open(record.image_path) as im:
+                image = im.convert("RGB")
+        except OSError as e:
+            raise DataError(Problem(str(record.image_path), where, f"image does not load: {e}")) from None
+        pixels, meta = self.preprocess_image(image)
+        h, w = meta.original_size
+        if record.height is not None and (record.height, record.width) != (h, w):
+            raise DataError(Problem(str(record.image_path), where, f"annotation size {record.height}x{record.width} != image {h}x{w}"))
+        enc = self.encode(record.question, record.answer)
+        try:
+            masks = [decode_mask(m, h, w, record.mask_root) for m in record.masks[: enc.kept_targets]]
+        except MaskDecodeError as e:
+            raise DataError(Problem(str(record.image_path), where, str(e))) from None
+        stacked = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.bool)
+        return Sample(
+            input_ids=enc.input_ids, labels=enc.labels, pixel_values=pixels, masks=stacked, image_meta=meta,
+            image_key=str(record.image_path), source=record.source, image_id=record.image_id,
+            question_id=record.question_id,
+            extra={"dropped_targets": record.num_targets - enc.kept_targets},
+        )
