@@ -102,7 +102,8 @@ def _make_config(cfg: ModelConfig, llava: LlavaForConditionalGeneration, tokeniz
     return PixelLMConfig(
         settings=cfg, llava=llava.config.to_dict(), seg_tokens=tokens, seg_token_ids=seg_ids,
         image_token_id=image_id, image_size=image_size,
-        num_image_tokens=(cfg.image_token_pool or grid) ** 2, template=ChatTemplate(),
+        num_image_tokens=(cfg.image_token_pool or grid) ** 2,
+        template=ChatTemplate() if cfg.system_prompt is None else ChatTemplate(system=cfg.system_prompt),
     )
 
 

@@ -100,6 +100,7 @@ class ModelConfig:
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = _help(
         "LLM attention kernel; auto = flash_attention_2 on CUDA when installed, else sdpa.", "auto"
     )
+    system_prompt: str | None = _help("Chat system prompt; None = LLaVA-1.5's own.", None)
     lora: LoraSettings = _help("LoRA settings.", factory=LoraSettings)
     decoder: DecoderSettings = _help("Pixel decoder settings.", factory=DecoderSettings)
     tiny: TinySizes = _help("Sizes of the tiny preset.", factory=TinySizes)
@@ -137,12 +138,25 @@ class SourceConfig:
 
 
 @dataclass
+class SyntheticSettings:
+    """The synthetic shapes task, generated on first use (pixellm make-synthetic)."""
+
+    dir: str = _help("Where the task is generated (regenerated if these settings change).", "outputs/synthetic")
+    num_train: int = _help("Training images (3 questions each).", 4000)
+    num_val: int = _help("Validation images.", 100)
+    num_compositional: int = _help("Held-out colour-shape pair images.", 100)
+    image_size: int = _help("Image side in pixels.", 64)
+    seed: int = _help("Generation seed.", 0)
+
+
+@dataclass
 class DataConfig:
     train: list[SourceConfig] = _help("Training mixture.", factory=list)
     val: list[SourceConfig] = _help("Validation sets.", factory=list)
     max_length: int = _help("Token budget per row (image tokens included).", 512)
     num_workers: int = _help("DataLoader workers.", 2)
-    synthetic_dir: str = _help("Where the synthetic task is generated.", "outputs/synthetic")
+    seed: int = _help("Mixture sampling seed.", 0)
+    synthetic: SyntheticSettings = _help("Synthetic task settings.", factory=SyntheticSettings)
 
 
 @dataclass

@@ -1,0 +1,84 @@
+"""From a `SourceConfig` to QARecords: one dispatch point over the loaders."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from ..config import ConfigError, DataConfig, SourceConfig
+from .records import QARecord
+
+log = logging.getLogger(__name__)
+
+REQUIRED = {
+    "custom": ("annotations", "image_root"),
+    "muse": ("annotations", "image_root"),
+    "vqa": ("annotations", "image_root"),
+    "refer": ("root", "name", "split_by"),
+    "grefcoco": ("root", "name", "split_by"),
+    "semseg": ("root", "name"),
+    "synthetic": (),
+}
+
+
+def source_name(spec: SourceConfig) -> str:
+    """A short human name: `refcoco/unc:val`, `muse:train`, `synthetic:val`."""
+    base = spec.name or (Path(spec.annotations).stem if spec.annotations else spec.type)
+    detail = f"/{spec.split_by}" if spec.split_by else ""
+    return f"{base}{detail}:{spec.split}" if spec.type != "synthetic" else f"synthetic:{spec.split}"
+
+
+def ensure_synthetic(data: DataConfig) -> Path:
+    """Generate the synthetic task once; regenerate when its settings changed."""
+    from .synthetic import generate_synthetic
+
+    s = data.synthetic
+    out = Path(s.dir)
+    stamp = out / "settings.json"
+    wanted = asdict(s)
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        return out
+    generate_synthetic(out, s.num_train, s.num_val, s.num_compositional, size=s.image_size, seed=s.seed)
+    stamp.write_text(json.dumps(wanted))
+    return out
+
+
+def load_source(spec: SourceConfig, data: DataConfig, *, mode: str = "train", where: str = "data") -> list[QARecord]:
+    """Records of one configured source. mode: "train" (REFER groups expressions into
+    multi-target questions) or "eval" (one question per expression)."""
+    missing = [k for k in REQUIRED[spec.type] if getattr(spec, k) is None]
+    if missing:
+        raise ConfigError(f"{where}: a {spec.type} source needs {', '.join(missing)}")
+    p = Path
+    if spec.type == "synthetic":
+        from .custom import load_custom
+
+        root = ensure_synthetic(data)
+        return load_custom(root / f"{spec.split}.jsonl", root, source=source_name(spec))
+    if spec.type == "custom":
+        from .custom import load_custom
+
+        return load_custom(p(spec.annotations), p(spec.image_root), source=source_name(spec))
+    if spec.type == "muse":
+        from .muse import load_muse
+
+        return load_muse(p(spec.annotations), p(spec.image_root), spec.split)
+    if spec.type == "vqa":
+        from .vqa import load_vqa
+
+        return load_vqa(p(spec.annotations), p(spec.image_root))
+    if spec.type == "refer":
+        from .refer import load_refer
+
+        image_root = p(spec.image_root) if spec.image_root else None
+        return load_refer(p(spec.root), spec.name, spec.split_by, spec.split, image_root=image_root, mode=mode, seed=data.seed)
+    if spec.type == "grefcoco":
+        from .grefcoco import load_grefcoco
+
+        image_root = p(spec.image_root) if spec.image_root else None
+        return load_grefcoco(p(spec.root), spec.name, spec.split_by, spec.split, image_root=image_root)
+    from .semseg import load_semseg
+
+    return load_semseg(p(spec.root), spec.name, spec.split, seed=data.seed)

@@ -1,0 +1,133 @@
+"""`pixellm score {muse,refer,grefcoco,custom} ... --predictions P.jsonl`: score a predictions
+file against a dataset split and print one JSON object (sorted keys) to stdout.
+
+`score_predictions` is the one home of the scoring logic; evaluation code calls it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pixellm.data.errors import DataError, Problem
+from pixellm.data.masks import MaskDecodeError, decode_mask
+from pixellm.data.records import QARecord
+
+from .metrics import PROTOCOLS, Scorer, warn_ignored
+from .predictions import decode_prediction_masks, read_predictions
+
+
+def image_size(record: QARecord) -> tuple[int, int]:
+    """(height, width) of the record's image: the stored size, else read from the image header."""
+    if record.height is not None and record.width is not None:
+        return int(record.height), int(record.width)
+    from PIL import Image
+
+    with Image.open(record.image_path) as im:
+        w, h = im.size
+    return h, w
+
+
+def gt_masks(record: QARecord, size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """The record's target masks decoded at full resolution (errors name the question)."""
+    h, w = size or image_size(record)
+    try:
+        return [decode_mask(spec, h, w, record.mask_root) for spec in record.masks]
+    except MaskDecodeError as e:
+        where = f"question {record.question_id!r}"
+        raise DataError(Problem(str(record.image_path), where, f"ground-truth mask: {e}")) from None
+
+
+def score_predictions(protocol: str, records: Sequence[QARecord], predictions: dict[str, dict]) -> dict:
+    """Score `predictions` ({question_id: predictions record}, as `read_predictions` returns)
+    against the ground truth in `records` under `protocol` (see `metrics`).
+
+    Questions are streamed (one question's masks in memory at a time) in record order. A
+    question without a prediction scores as zero masks; predictions for question ids not in
+    `records` are ignored with a warning (`num_ignored_predictions`).
+    """
+    scorer = Scorer(protocol)
+    seen: set[str] = set()
+    for record in records:
+        qid = str(record.question_id)
+        if qid in seen:
+            raise ValueError(f"question_id {qid!r} occurs twice in the ground truth")
+        seen.add(qid)
+        size = image_size(record)
+        pred = predictions.get(qid)
+        pred_masks = None if pred is None else decode_prediction_masks(pred, *size)
+        scorer.add(gt_masks(record, size), pred_masks)
+    out = scorer.result()
+    out["num_ignored_predictions"] = warn_ignored(set(predictions) - seen)
+    return out
+
+
+def load_records(args: argparse.Namespace) -> list[QARecord]:
+    """The scored split's QARecords, from the loader of `args.protocol`."""
+    if args.protocol == "muse":
+        from pixellm.data.muse import load_muse
+
+        return load_muse(Path(args.annotations), Path(args.image_root), args.split or "val")
+    if args.protocol == "custom":
+        from pixellm.data.custom import load_custom
+
+        return load_custom(Path(args.annotations), Path(args.image_root))
+    image_root = Path(args.image_root) if args.image_root else None
+    if args.protocol == "refer":
+        from pixellm.data.refer import load_refer
+
+        return load_refer(Path(args.root), args.name, args.split_by, args.split or "val",
+                          image_root=image_root, mode="eval")
+    from pixellm.data.grefcoco import load_grefcoco
+
+    return load_grefcoco(Path(args.root), args.name, args.split_by, args.split or "val",
+                         image_root=image_root)
+
+
+def _missing_flags(args: argparse.Namespace) -> list[str]:
+    if args.protocol in ("muse", "custom"):
+        need = {"--annotations": args.annotations, "--image-root": args.image_root}
+    else:
+        need = {"--root": args.root, "--name": args.name, "--split-by": args.split_by}
+    return [flag for flag, value in need.items() if not value]
+
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry: load, score, print one JSON object; data problems go to stderr (exit 1)."""
+    missing = _missing_flags(args)
+    if missing:
+        args.score_parser.error(f"{args.protocol} needs {', '.join(missing)}")
+    try:
+        predictions = read_predictions(args.predictions)
+        records = load_records(args)
+        result = score_predictions(args.protocol, records, predictions)
+    except (DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.protocol != "custom":
+        result["split"] = args.split or "val"
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the `score` subcommand."""
+    p = subparsers.add_parser(
+        "score",
+        help="score a predictions file (gIoU, cIoU, box P@0.5, ...)",
+        description="Score a predictions JSONL file against a dataset split; prints one JSON object.",
+    )
+    p.add_argument("protocol", choices=sorted(set(PROTOCOLS)), help="dataset format and scoring protocol")
+    p.add_argument("--predictions", required=True, metavar="P.jsonl", help="predictions file (JSON Lines)")
+    p.add_argument("--annotations", metavar="FILE", help="annotation file (muse, custom)")
+    p.add_argument("--image-root", metavar="DIR", help="image folder (required for muse, custom)")
+    p.add_argument("--split", metavar="NAME", help="split to score (default: val; muse, refer, grefcoco)")
+    p.add_argument("--root", metavar="DIR", help="REFER-layout data root (refer, grefcoco)")
+    p.add_argument("--name", metavar="NAME", help="dataset name, e.g. refcoco (refer, grefcoco)")
+    p.add_argument("--split-by", metavar="NAME", help="split owner, e.g. unc (refer, grefcoco)")
+    p.set_defaults(func=run, score_parser=p)

@@ -1,0 +1,75 @@
+"""DeepSpeed JSON templates with "auto" fields, filled from the training config in one place."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, TrainConfig
+
+SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR", "constant": "WarmupLR"}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 on a CUDA device that supports it, else fp32 (CPU bf16 is emulated and slow)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _scheduler(train: TrainConfig) -> dict:
+    warm = min(train.warmup_steps, max(train.max_steps - 1, 0))
+    if train.schedule == "linear":
+        params = {"warmup_min_lr": 0.0, "warmup_max_lr": train.lr, "warmup_num_steps": warm, "total_num_steps": train.max_steps}
+    elif train.schedule == "cosine":
+        params = {"warmup_min_ratio": 0.0, "warmup_num_steps": warm, "total_num_steps": train.max_steps, "cos_min_ratio": 0.0}
+    else:
+        params = {"warmup_min_lr": 0.0, "warmup_max_lr": train.lr, "warmup_num_steps": warm}
+    return {"type": SCHEDULERS[train.schedule], "params": {**params, "warmup_type": "linear"}}
+
+
+def _fill(node, values: dict, path: str):
+    """Replace every "auto" leaf whose dotted path is in `values`; an unknown "auto" is an error."""
+    if isinstance(node, dict):
+        return {k: _fill(v, values, f"{path}.{k}" if path else k) for k, v in node.items()}
+    if node == "auto":
+        if path not in values:
+            raise ConfigError(f"DeepSpeed config: no value for the 'auto' field {path}")
+        return values[path]
+    return node
+
+
+def fill_deepspeed_config(template: dict, train: TrainConfig, *, world_size: int, device: torch.device) -> dict:
+    """Fill batch, accumulation, precision, optimizer, schedule and clipping from `train`."""
+    precision = resolve_precision(train.precision, device)
+    values = {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.batch_size * train.grad_accum * world_size,
+        "gradient_clipping": train.clip_grad,
+        "bf16.enabled": precision == "bf16",
+        "optimizer.params.lr": train.lr,
+        "optimizer.params.betas": list(train.betas),
+        "optimizer.params.weight_decay": train.weight_decay,
+    }
+    cfg = copy.deepcopy(template)
+    if "scheduler" in cfg:
+        cfg["scheduler"] = _scheduler(train)  # the schedule type follows train.schedule
+    cfg = _fill(cfg, values, "")
+    if device.type == "cpu" and "optimizer" in cfg:
+        # DeepSpeed's fused CPU Adam is JIT-compiled on first use; torch's AdamW is equivalent
+        cfg["optimizer"]["params"]["torch_adam"] = True
+    return cfg
+
+
+def load_deepspeed_config(path: str | Path, train: TrainConfig, *, world_size: int, device: torch.device) -> dict:
+    try:
+        template = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"train.deepspeed: {path} not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"train.deepspeed: {path} is not valid JSON: {e}") from None
+    return fill_deepspeed_config(template, train, world_size=world_size, device=device)
