@@ -146,13 +146,15 @@ def setup_trainable(model: PixelLM) -> None:
         model.vision_tower.requires_grad_(True)
 
 
-def save_pixellm(model: PixelLM, path: str | Path) -> None:
-    """Config-complete folder: pixellm_config.json, safetensors weights, tokenizer."""
+def save_pixellm(model: PixelLM, path: str | Path, *, weights: bool = True) -> None:
+    """Config-complete folder: pixellm_config.json, safetensors weights, tokenizer.
+    weights=False writes the architecture and tokenizer only (a training run's model/ folder)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.asdict(model.config)
     (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=str))
-    save_torch_model(model, path, max_shard_size="5GB")
+    if weights:
+        save_torch_model(model, path, max_shard_size="5GB")
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(path)
 
@@ -167,9 +169,8 @@ def read_config(path: str | Path) -> PixelLMConfig:
     return PixelLMConfig(**raw)
 
 
-def load_pixellm(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> PixelLM:
-    """Rebuild a saved PixelLM from its folder alone: no flags, no hub access."""
-    config = read_config(path)
+def build_skeleton(config: PixelLMConfig, tokenizer_dir: str | Path, *, device: str | torch.device = "cpu") -> PixelLM:
+    """The saved architecture with uninitialised weights (to be loaded), and its tokenizer."""
     llava_cfg = LlavaConfig.from_dict(config.llava)
     with no_init_weights():
         llava = LlavaForConditionalGeneration._from_config(
@@ -177,10 +178,16 @@ def load_pixellm(path: str | Path, *, device: str | torch.device = "cpu", dtype:
         )
     model = PixelLM(config=config, llava=llava)
     setup_trainable(model)
-    load_torch_model(model, path, strict=True)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     ids = [tok.convert_tokens_to_ids(t) for t in config.seg_tokens]
     if ids != config.seg_token_ids:
-        raise ConfigError(f"{path}: tokenizer maps {config.seg_tokens} to {ids}, the config says {config.seg_token_ids}")
+        raise ConfigError(f"{tokenizer_dir}: tokenizer maps {config.seg_tokens} to {ids}, the config says {config.seg_token_ids}")
     model.tokenizer = tok
+    return model
+
+
+def load_pixellm(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> PixelLM:
+    """Rebuild a saved PixelLM from its folder alone: no flags, no hub access."""
+    model = build_skeleton(read_config(path), path, device=device)
+    load_torch_model(model, path, strict=True)
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

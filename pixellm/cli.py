@@ -12,6 +12,8 @@ COMMANDS = {
     "validate-data": "pixellm.data.validate",
     "make-synthetic": "pixellm.data.synthetic",
     "score": "pixellm.evaluation.score",
+    "chat": "pixellm.chat",
+    "export": "pixellm.export",
 }
 
 

@@ -198,6 +198,7 @@ class EvalConfig:
     output_dir: str = _help("Where predictions.jsonl and metrics.json go.", "outputs/eval")
     batch_size: int = _help("Questions per forward.", 8)
     max_new_tokens: int = _help("Generation budget per answer.", 128)
+    limit_images: int | None = _help("Evaluate only the first N images of each split (None = all).", None)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from .constants import SEG_PLACEHOLDER
+from .data.batch import Sample, collate
 from .generation import GenerationConfig, generate
 from .modeling.pixellm import PixelLM
 from .processor import PixelLMProcessor
@@ -104,6 +105,33 @@ class PixelLMPredictor:
                 for p, m, s in zip(phrases, full, scores)
             ]
             results.append(Prediction(text=text, segments=segments))
+        return results
+
+    @torch.no_grad()
+    def segment_with_answers(self, image: Image.Image | str | Path, questions: list[str], answers: list[str]) -> list[Prediction]:
+        """Teacher-forced masks: each answer (with `<seg>` placeholders) is given, and one forward
+        pass over all of an image's questions decodes the groups (the RefCOCO peers' protocol)."""
+        if not isinstance(image, Image.Image):
+            image = Image.open(image)
+        pixels, meta = self.processor.preprocess_image(image.convert("RGB"))
+        samples = []
+        for q, a in zip(questions, answers):
+            enc = self.processor.encode(q, a)
+            samples.append(Sample(
+                input_ids=enc.input_ids, labels=enc.labels, pixel_values=pixels, masks=torch.zeros(0),
+                image_meta=meta, image_key="image",
+            ))
+        batch = collate(samples, self.model.tokenizer.pad_token_id)
+        batch.masks = None
+        out = self.model(batch.to(self.device))
+        results = []
+        for answer, logits in zip(answers, out.mask_logits):
+            full = self.model.postprocess_masks(logits, meta).float()
+            segments = [
+                Segment(phrase=p, mask=(m > 0).cpu().numpy(), score=float(sc))
+                for p, m, sc in zip(split_phrases(answer), full, mask_score(full))
+            ]
+            results.append(Prediction(text=answer, segments=segments))
         return results
 
     def predict(self, image: Image.Image | str | Path, question: str, **generation) -> Prediction:

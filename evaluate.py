@@ -1,0 +1,77 @@
+"""Evaluate a PixelLM on one CPU or GPU, no DeepSpeed needed.
+
+    python evaluate.py outputs/demo --dataset synthetic:val --dataset synthetic:compositional
+    python evaluate.py MODEL_DIR --dataset refcoco:val --dataset refcocog:test --data-root data
+    torchrun --nproc_per_node 4 evaluate.py MODEL_DIR --dataset muse:test_many   # sharded, exact
+
+MODEL: an exported model folder, a training run folder (its latest checkpoint) or a YAML config.
+Writes <out>/<dataset>[_<mode>]/{predictions.jsonl,metrics.json} and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from pixellm.data.sources import load_source
+from pixellm.evaluation.datasets import parse_dataset
+from pixellm.evaluation.loading import load_model
+from pixellm.evaluation.report import format_table
+from pixellm.evaluation.runner import evaluate_split
+from pixellm.predictor import PixelLMPredictor
+from pixellm.training.validation import limit_images
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model folder, training run folder / checkpoint, or YAML config")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.batch_size=16")
+    p.add_argument("--dataset", action="append", required=True, metavar="NAME:SPLIT",
+                   help="synthetic:val, muse:test_less, refcoco:val, refcocog@umd:test, grefcoco:val, custom:FILE.jsonl")
+    p.add_argument("--protocol", choices=["both", "teacher_forced", "generated"], default="both",
+                   help="RefCOCO-family protocol(s); MUSE and custom data are always generated")
+    p.add_argument("--data-root", default="data", help="root of the dataset layout (README)")
+    p.add_argument("--image-root", default=None, help="override the image folder")
+    p.add_argument("--out", default=None, help="output folder (default: eval.output_dir)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_intermixed_args(argv)
+
+
+def _distributed() -> tuple[int, int]:
+    """Rank and world size under torchrun (gloo on CPU, NCCL on GPU); (0, 1) otherwise."""
+    if "RANK" not in os.environ:
+        return 0, 1
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    rank, world = _distributed()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if args.device == "cuda" else args.device
+    model, cfg = load_model(args.model, overrides=args.overrides, device=device)
+    predictor = PixelLMPredictor(model)
+    out = Path(args.out or cfg.eval.output_dir)
+    results = {}
+    for text in args.dataset:
+        ds = parse_dataset(text, data_root=args.data_root, image_root=args.image_root, protocol=args.protocol)
+        records = limit_images(load_source(ds.source, cfg.data, mode="eval", where=f"--dataset {text}"), cfg.eval.limit_images)
+        for mode in ds.modes:
+            key = ds.name if len(ds.modes) == 1 else f"{ds.name}/{mode}"
+            folder = out / key.replace(":", "_").replace("/", "_")
+            results[key] = evaluate_split(
+                predictor, records, ds.protocol, mode, folder, batch_size=cfg.eval.batch_size,
+                max_new_tokens=cfg.eval.max_new_tokens, rank=rank, world_size=world, split=ds.source.split,
+            )
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+        print(format_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""`pixellm export CHECKPOINT OUT_DIR`: consolidate ZeRO shards (any stage), merge LoRA, write a
+config-complete folder that `PixelLM.from_pretrained` loads with no flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+from peft.tuners.lora import LoraLayer
+from peft.utils import TrainableTokensWrapper
+
+from .build import build_skeleton, read_config, setup_trainable
+from .modeling.pixellm import PixelLM
+from .training.checkpoint import COMPLETE, LATEST
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """A run folder, its checkpoints/ folder or one step_N folder -> (step folder, run folder)."""
+    p = Path(path)
+    if (p / "checkpoints" / LATEST).is_file():
+        p = p / "checkpoints"
+    if (p / LATEST).is_file():
+        p = p / (p / LATEST).read_text().strip()
+    if not (p / COMPLETE).is_file():
+        raise FileNotFoundError(f"{path}: no complete DeepSpeed checkpoint found (expected {COMPLETE} or {LATEST})")
+    return p, p.parent.parent
+
+
+def load_from_checkpoint(path: str | Path, device: str = "cpu") -> PixelLM:
+    """A trained model straight from a DeepSpeed checkpoint (ZeRO shards consolidated to fp32)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    step_dir, run_dir = resolve_checkpoint(path)
+    model_dir = run_dir / "model"
+    model = build_skeleton(read_config(model_dir), model_dir, device=device)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir.parent), tag=step_dir.name)
+    result = model.load_state_dict(state, strict=False)  # copies into the skeleton's own storage
+    if result.missing_keys or result.unexpected_keys:
+        raise KeyError(
+            f"{step_dir}: checkpoint does not match the saved architecture: missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]}"
+        )
+    return model.to(device)
+
+
+def _set_child(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+@torch.no_grad()
+def merge_adapters(model: PixelLM) -> PixelLM:
+    """Fold LoRA and the trained codebook rows into the base weights, in place. The result has
+    the structure of a LoRA-free model (`model.lora.enabled = False`), so it saves and reloads
+    with the usual code; fine-tuning it again starts from fresh adapters."""
+    for name, module in list(model.llava.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            _set_child(model.llava, name, module.get_base_layer())
+        elif isinstance(module, TrainableTokensWrapper):
+            _set_child(model.llava, name, module.unload_and_optionally_merge_module(merge=True, safe_merge=True, adapter_names=None))
+    settings = dataclasses.replace(model.config.settings, lora=dataclasses.replace(model.config.settings.lora, enabled=False))
+    model.config = dataclasses.replace(model.config, settings=settings)
+    setup_trainable(model)  # zero-initialised codebook-row adapters, as a fresh LoRA-free build has
+    return model
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, *, keep_lora: bool = False) -> Path:
+    model = load_from_checkpoint(checkpoint)
+    if keep_lora:
+        from safetensors.torch import save_file
+
+        model.save_pretrained(out_dir)
+        adapter = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(adapter, str(Path(out_dir) / "trainable.safetensors"))
+    else:
+        merge_adapters(model).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="consolidate a DeepSpeed checkpoint into a model folder",
+                              description="Consolidate ZeRO shards, merge LoRA and write a from_pretrained folder.")
+    p.add_argument("checkpoint", help="run folder, its checkpoints/ folder, or one step_N folder")
+    p.add_argument("out_dir")
+    p.add_argument("--keep-lora", action="store_true",
+                   help="keep LoRA unmerged (adapters stay separate tensors; trainable.safetensors holds them alone)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        out = export(args.checkpoint, args.out_dir, keep_lora=args.keep_lora)
+    except (FileNotFoundError, KeyError) as e:
+        print(f"pixellm export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported to {out}")
+    return 0

@@ -1,0 +1,100 @@
+"""Train PixelLM with DeepSpeed.
+
+    python train.py configs/tiny_synthetic.yaml train.lr=1e-3          # one plain process (CPU or GPU)
+    torchrun --nproc_per_node 2 train.py configs/x.yaml                 # several processes
+    deepspeed --hostfile hosts train.py configs/pixellm_7b.yaml         # multi-node
+
+The loop is all here; the pieces it calls live in pixellm/training/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from pixellm.build import build_pixellm, save_pixellm
+from pixellm.config import config_to_dict, load_config
+from pixellm.losses import compute_losses
+from pixellm.training.checkpoint import find_resume, load_checkpoint, save_checkpoint
+from pixellm.training.distributed import init_distributed
+from pixellm.training.logger import RunLogger
+from pixellm.training.setup import StepMeter, build_mixture, make_engine, make_loader, seed_everything
+from pixellm.training.validation import validate
+
+log = logging.getLogger("pixellm.train")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 model.lora.r=16")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    return p.parse_args(argv)
+
+
+def main(argv=None, *, stop_after: int | None = None) -> list[float]:
+    """Run training; returns the per-step losses of this process (for tests and scripts).
+    stop_after: end after that many steps of this call, as if killed (tests of resume)."""
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    dist = init_distributed()
+    logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING, format="%(message)s")
+    out = Path(cfg.train.output_dir)
+    seed_everything(cfg.train.seed, dist.rank)
+
+    model = build_pixellm(cfg.model, device=dist.device)
+    if dist.is_main:
+        save_pixellm(model, out / "model", weights=False)  # architecture + tokenizer, for export
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    data = build_mixture(cfg, model)
+    engine = make_engine(model, cfg, dist)
+    resume = find_resume(cfg.train.resume, out)
+    start = load_checkpoint(engine, resume, dist) if resume else 0
+    if resume:
+        log.info("resumed from %s at step %d", resume, start)
+    loader = iter(make_loader(data, cfg, dist, start * cfg.train.grad_accum, model.tokenizer.pad_token_id))
+    logger = RunLogger(out, enabled=dist.is_main, wandb_mode=cfg.train.wandb_mode,
+                       project=cfg.train.wandb_project, config=config_to_dict(cfg))
+    meter, losses, t0 = StepMeter(), [], time.time()
+    bar = tqdm(range(start, cfg.train.max_steps), desc="train", initial=start, total=cfg.train.max_steps,
+               disable=not dist.is_main, dynamic_ncols=True)
+    for step in bar:
+        engine.train()
+        for _ in range(cfg.train.grad_accum):
+            batch = next(loader).to(dist.device)
+            output = engine(batch)
+            loss = compute_losses(engine.module, output, batch, cfg.train.loss)
+            engine.backward(loss.total)
+            engine.step()
+            meter.add(loss.as_floats(), batch)
+        stats = meter.means()
+        rate = meter.samples * dist.world_size / max(time.time() - t0, 1e-9)
+        lr = engine.get_lr()[0]
+        losses.append(stats["total"])
+        bar.set_postfix(loss=f"{stats['total']:.3f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
+            logger.log(done, {**stats, "lr": lr, "samples_per_s": rate, "skipped": meter.skipped,
+                              "dropped_targets": meter.dropped_targets, **{f"n_{k}": v for k, v in meter.sources.items()}})
+        meter.reset()
+        t0 = time.time()
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0:
+            logger.log(done, validate(engine.module, cfg, dist, out / f"val_step{done}"))
+        last = done == cfg.train.max_steps
+        if (cfg.train.save_every and done % cfg.train.save_every == 0) or last:
+            save_checkpoint(engine, out, done, dist, cfg.train.keep_last)
+        if stop_after is not None and done - start >= stop_after:
+            break
+    if meter.skipped or meter.dropped_targets:
+        log.warning("data: %d unusable records skipped, %d targets dropped by truncation", meter.skipped, meter.dropped_targets)
+    logger.close()
+    return losses
+
+
+if __name__ == "__main__":
+    main()
