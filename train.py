@@ -10,6 +10,7 @@ The loop is all here; the pieces it calls live in pixellm/training/.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -23,7 +24,9 @@ from pixellm.losses import compute_losses
 from pixellm.training.checkpoint import find_resume, load_checkpoint, save_checkpoint
 from pixellm.training.distributed import init_distributed
 from pixellm.training.logger import RunLogger
-from pixellm.training.setup import StepMeter, build_mixture, make_engine, make_loader, seed_everything
+from pixellm.training.setup import (
+    StepMeter, TrainResult, build_mixture, make_engine, make_loader, param_checksum, seed_everything,
+)
 from pixellm.training.validation import validate
 
 log = logging.getLogger("pixellm.train")
@@ -37,8 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None, *, stop_after: int | None = None) -> list[float]:
-    """Run training; returns the per-step losses of this process (for tests and scripts).
+def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
+    """Run training; returns this process's per-step losses and the trained model.
     stop_after: end after that many steps of this call, as if killed (tests of resume)."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -93,7 +96,9 @@ def main(argv=None, *, stop_after: int | None = None) -> list[float]:
     if meter.skipped or meter.dropped_targets:
         log.warning("data: %d unusable records skipped, %d targets dropped by truncation", meter.skipped, meter.dropped_targets)
     logger.close()
-    return losses
+    result = TrainResult(losses, engine.module, param_checksum(engine.module))
+    (out / f"summary_rank{dist.rank}.json").write_text(json.dumps({"losses": losses, "checksum": result.checksum}))
+    return result
 
 
 if __name__ == "__main__":

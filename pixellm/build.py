@@ -126,20 +126,26 @@ def setup_trainable(model: PixelLM) -> None:
 
     Trainable: LoRA adapters on the LLM, the codebook rows of the input and output embeddings
     (peft trainable tokens), the codebook fusion and the pixel decoder; the vision tower only
-    when `train_vision`. Frozen: everything else (CLIP, projector, LLM base weights).
+    when `train_vision`; with `train_llm` the whole LLM and LM head instead of adapters.
+    Frozen: everything else (CLIP, projector, LLM base weights).
     """
     s = model.config.settings
     ids = model.config.seg_token_ids
     model.requires_grad_(False)
-    if s.lora.enabled:
-        peft_cfg = LoraConfig(
-            r=s.lora.r, lora_alpha=s.lora.alpha, lora_dropout=s.lora.dropout,
-            target_modules=lora_target_regex(s.lora.target_modules),
-            trainable_token_indices={"embed_tokens": ids, "lm_head": ids},
-        )
+    if s.train_llm:  # a random LLM learns from scratch: every weight trains, no adapters
+        model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+        model.projector.requires_grad_(True)
     else:
-        peft_cfg = TrainableTokensConfig(target_modules=["embed_tokens", "lm_head"], token_indices=ids)
-    inject_adapter_in_model(peft_cfg, model.llava)
+        if s.lora.enabled:
+            peft_cfg = LoraConfig(
+                r=s.lora.r, lora_alpha=s.lora.alpha, lora_dropout=s.lora.dropout,
+                target_modules=lora_target_regex(s.lora.target_modules),
+                trainable_token_indices={"embed_tokens": ids, "lm_head": ids},
+            )
+        else:
+            peft_cfg = TrainableTokensConfig(target_modules=["embed_tokens", "lm_head"], token_indices=ids)
+        inject_adapter_in_model(peft_cfg, model.llava)
     model.codebook.requires_grad_(True)
     model.decoder.requires_grad_(True)
     if s.train_vision:

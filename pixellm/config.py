@@ -97,6 +97,7 @@ class ModelConfig:
     image_size: int | None = _help("Square input size; None = the vision tower's own size.", None)
     image_token_pool: int | None = _help("Average-pool the projected image grid to this side.", None)
     train_vision: bool = _help("Train the vision tower (only sensible for random presets).", False)
+    train_llm: bool = _help("Train every LLM and projector weight instead of LoRA (only sensible for random presets).", False)
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = _help(
         "LLM attention kernel; auto = flash_attention_2 on CUDA when installed, else sdpa.", "auto"
     )

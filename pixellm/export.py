@@ -64,6 +64,8 @@ def merge_adapters(model: PixelLM) -> PixelLM:
             _set_child(model.llava, name, module.unload_and_optionally_merge_module(merge=True, safe_merge=True, adapter_names=None))
     settings = dataclasses.replace(model.config.settings, lora=dataclasses.replace(model.config.settings.lora, enabled=False))
     model.config = dataclasses.replace(model.config, settings=settings)
+    if hasattr(model.llava, "peft_config"):
+        del model.llava.peft_config  # the old adapters are gone; peft must not stack new ones on them
     setup_trainable(model)  # zero-initialised codebook-row adapters, as a fresh LoRA-free build has
     return model
 
@@ -75,7 +77,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, *, keep_lora: bool = Fal
 
         model.save_pretrained(out_dir)
         adapter = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(adapter, str(Path(out_dir) / "trainable.safetensors"))
+        (Path(out_dir) / "adapter").mkdir(exist_ok=True)
+        save_file(adapter, str(Path(out_dir) / "adapter" / "trainable.safetensors"))
     else:
         merge_adapters(model).save_pretrained(out_dir)
     return Path(out_dir)
@@ -87,7 +90,7 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="run folder, its checkpoints/ folder, or one step_N folder")
     p.add_argument("out_dir")
     p.add_argument("--keep-lora", action="store_true",
-                   help="keep LoRA unmerged (adapters stay separate tensors; trainable.safetensors holds them alone)")
+                   help="keep LoRA unmerged (adapters stay separate tensors; adapter/trainable.safetensors holds the trained weights alone)")
     p.set_defaults(func=_run)
 
 

@@ -255,7 +255,7 @@ def test_collate_shares_images_and_pads(proc, tmp_path):
     lengths = [s.input_ids.numel() for s in samples]
     assert batch.input_ids.shape == batch.labels.shape == batch.attention_mask.shape == (4, max(lengths))
     assert len(set(lengths)) > 1
-    for i, (s, n) in enumerate(zip(samples, lengths)):
+    for i, (s, n) in enumerate(zip(samples, lengths, strict=True)):
         assert torch.equal(batch.input_ids[i, :n], s.input_ids)
         assert torch.equal(batch.labels[i, :n], s.labels)
         assert (batch.attention_mask[i, :n] == 1).all()

@@ -34,14 +34,20 @@ def ensure_synthetic(data: DataConfig) -> Path:
     """Generate the synthetic task once; regenerate when its settings changed."""
     from .synthetic import generate_synthetic
 
+    import torch.distributed as td
+
     s = data.synthetic
     out = Path(s.dir)
     stamp = out / "settings.json"
     wanted = asdict(s)
-    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
-        return out
-    generate_synthetic(out, s.num_train, s.num_val, s.num_compositional, size=s.image_size, seed=s.seed)
-    stamp.write_text(json.dumps(wanted))
+    distributed = td.is_available() and td.is_initialized()
+    fresh = stamp.is_file() and json.loads(stamp.read_text()) == wanted
+    if not fresh and (not distributed or td.get_rank() == 0):  # one writer; the others wait
+        stamp.unlink(missing_ok=True)
+        generate_synthetic(out, s.num_train, s.num_val, s.num_compositional, size=s.image_size, seed=s.seed)
+        stamp.write_text(json.dumps(wanted))
+    if distributed:
+        td.barrier()
     return out
 
 

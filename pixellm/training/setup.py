@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -65,6 +66,20 @@ def make_engine(model: PixelLM, cfg: Config, dist: DistInfo):
     params = [p for p in model.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=ds_cfg)
     return engine
+
+
+@dataclass
+class TrainResult:
+    """losses: per optimizer step (mean over micro-batches) of this process; checksum: sum of
+    every trainable weight (ranks of one run must agree)."""
+
+    losses: list[float]
+    model: PixelLM
+    checksum: float
+
+
+def param_checksum(model: PixelLM) -> float:
+    return float(sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad))
 
 
 class StepMeter:

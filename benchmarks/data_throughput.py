@@ -1,0 +1,388 @@
+"""Data-loader throughput against the tiny model's training consumption rate.
+
+    python benchmarks/data_throughput.py [--muse-images 300] [--synthetic-images 1000] [--batches 30]
+                                         [--train-steps 8] [--workers 0 2] [--profile]
+
+Everything is written to a temporary folder; nothing is downloaded.
+
+(a) MUSE loader: a MUSE-format fixture (JPEG images of 64..128 x 64..96 pixels, several questions
+    each, instances as COCO polygons, compressed and uncompressed RLE, text_answers with `{seg}`)
+    read with `load_muse`.
+(b) custom loader: the synthetic shapes task written with `generate_synthetic` and read with
+    `load_custom` (what the `synthetic` source of configs/tiny_synthetic.yaml does).
+
+Both go through the exact training input path of `pixellm.training.setup`: QADataset ->
+MixtureDataset -> StepSampler -> DataLoader(collate, prefetch_factor=4, persistent workers), with
+the processor of the model of configs/tiny_synthetic.yaml (max_length from the config). The
+loader rate is the steady state: the first `--warmup-batches` batches (worker start-up) are not
+timed.
+
+(c) training consumption: the model built exactly as configs/tiny_synthetic.yaml says
+(`load_config` + `build_pixellm(cfg.model)`), AdamW over the trainable parameters with the
+config's lr / betas / weight decay, fp32; one step = forward + compute_losses + backward +
+optimizer step on a batch of `train.batch_size` synthetic samples (pre-loaded, so no data time
+is included), timed after 2 warm-up steps. No DeepSpeed and no gradient clipping.
+
+The printed ratio is (loader samples/s with 2 workers) / (training samples/s); a loader with a
+ratio >= 5 keeps the training step fed with margin. Loader and training are measured one after
+the other, not concurrently: in a real run on a small machine the workers share the CPU cores
+with the training process. `--profile` (automatic when a ratio is below 5) breaks the
+per-sample loader time down into image decode, image transform, tokenization, mask decode and
+collate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reductions)
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+
+from pixellm.build import build_pixellm
+from pixellm.config import Config, load_config
+from pixellm.data.batch import collate
+from pixellm.data.custom import load_custom
+from pixellm.data.masks import decode_mask, encode_rle
+from pixellm.data.mixture import MixtureDataset, QADataset, StepSampler
+from pixellm.data.muse import load_muse
+from pixellm.data.records import QARecord
+from pixellm.data.synthetic import generate_synthetic
+from pixellm.losses import compute_losses
+from pixellm.processor import PixelLMProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "tiny_synthetic.yaml"
+REQUIRED_RATIO = 5.0
+CATEGORIES = ("cup", "kettle", "plate", "fork", "dog", "cat", "chair", "lamp", "book", "bottle")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """(H, W) bool -> COCO uncompressed RLE (column-major run lengths, starting with zeros)."""
+    flat = mask.flatten(order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+    if flat[0]:
+        runs = [0] + runs
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
+
+
+def _instance(rng: np.random.Generator, h: int, w: int, draw: ImageDraw.ImageDraw) -> dict:
+    """One random object drawn into the image; its segmentation in one of the three encodings."""
+    x0, y0 = int(rng.integers(0, w - 8)), int(rng.integers(0, h - 8))
+    x1, y1 = int(rng.integers(x0 + 4, w)), int(rng.integers(y0 + 4, h))
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    kind = int(rng.integers(3))
+    if kind == 0:  # polygon (a triangle and, sometimes, a second part)
+        poly = [[float(x0), float(y1), float((x0 + x1) / 2), float(y0), float(x1), float(y1)]]
+        draw.polygon(poly[0], fill=colour)
+        if rng.random() < 0.3:
+            poly.append([float(x0), float(y0), float(x0 + 3), float(y0), float(x0 + 3), float(y0 + 3)])
+        seg = poly
+    else:  # an ellipse as compressed or uncompressed RLE
+        yy, xx = np.mgrid[0:h, 0:w]
+        cy, cx, ry, rx = (y0 + y1) / 2, (x0 + x1) / 2, max((y1 - y0) / 2, 1), max((x1 - x0) / 2, 1)
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        draw.ellipse([x0, y0, x1, y1], fill=colour)
+        seg = encode_rle(mask) if kind == 1 else uncompressed_rle(mask)
+    name = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+    return {"segmentation": seg, "bbox": [x0, y0, x1 - x0, y1 - y0], "category_name": name,
+            "rephrased_name": f"the {colour[0] % 7}th {name}" if rng.random() < 0.5 else None}
+
+
+def write_muse_fixture(out: Path, num_images: int, questions: int, seed: int = 0) -> tuple[Path, Path]:
+    """A MUSE-format annotation file and its images under `out`; returns (annotations, image_root)."""
+    rng = np.random.default_rng(seed)
+    image_root = out / "images"
+    image_root.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(num_images):
+        w, h = int(rng.integers(64, 129)), int(rng.integers(64, 97))
+        image = Image.fromarray(rng.integers(90, 160, (h, w, 3), dtype=np.uint8))
+        draw = ImageDraw.Draw(image)
+        qs, answers, texts = [], [], []
+        for q in range(questions):
+            instances = [_instance(rng, h, w, draw) for _ in range(int(rng.integers(0, 4)))]
+            for inst in instances:
+                if inst["rephrased_name"] is None:
+                    del inst["rephrased_name"]
+            qs.append(f"Question {q} about image {i}: which objects would you use to make tea?")
+            answers.append(instances)
+            texts.append(" and ".join(["this {seg}"] * len(instances)) + "." if instances and rng.random() < 0.7 else None)
+        file_name = f"{i:06d}.jpg"
+        image.save(image_root / file_name, quality=90)
+        records.append({"file_name": file_name, "height": h, "width": w, "image_id": i,
+                        "questions": qs, "answers": answers, "text_answers": texts})
+    annotations = out / "muse_train.json"
+    annotations.write_text(json.dumps(records))
+    return annotations, image_root
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def make_loader(records: list[QARecord], name: str, proc: PixelLMProcessor, *, batch_size: int,
+                workers: int, seed: int) -> DataLoader:
+    """The loader of pixellm.training.setup.make_loader over one source (rank 0 of 1)."""
+    mixture = MixtureDataset([QADataset(records, proc, name)], [1.0], seed=seed)
+    return DataLoader(
+        mixture, batch_size=batch_size, sampler=StepSampler(batch_size=batch_size),
+        collate_fn=partial(collate, pad_id=proc.tokenizer.pad_token_id),
+        num_workers=workers, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+    )
+
+
+def measure_loader(records, name, proc, *, batch_size, workers, batches, warmup, seed) -> dict:
+    loader = make_loader(records, name, proc, batch_size=batch_size, workers=workers, seed=seed)
+    start = time.perf_counter()
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    ready = time.perf_counter()
+    rows = skipped = dropped = tokens = 0
+    for _ in range(batches):
+        batch = next(it)
+        rows += batch.num_rows
+        tokens += int(batch.attention_mask.sum())
+        skipped += sum(len(s.extra.get("skipped", [])) for s in batch.samples)
+        dropped += sum(s.extra.get("dropped_targets", 0) for s in batch.samples)
+    elapsed = time.perf_counter() - ready
+    del it, loader  # shuts the workers down
+    return {"samples_per_s": rows / elapsed, "warmup_s": ready - start, "rows": rows, "elapsed_s": elapsed,
+            "skipped": skipped, "dropped_targets": dropped, "tokens_per_row": tokens / max(rows, 1)}
+
+
+def measure_training(cfg: Config, batches: list, *, steps: int, warmup: int, device: str) -> dict:
+    """Samples/s of forward + compute_losses + backward + AdamW step of the config's model."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_pixellm(cfg.model, device=device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
+    batches = [b.to(device) for b in batches]
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    times, losses = [], []
+    for i in range(warmup + steps):
+        batch = batches[i % len(batches)]
+        sync()
+        t = time.perf_counter()
+        out = model(batch)
+        loss = compute_losses(model, out, batch, cfg.train.loss)
+        loss.total.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+            losses.append(float(loss.total.detach()))
+    rows = sum(batches[i % len(batches)].num_rows for i in range(warmup, warmup + steps))
+    return {"samples_per_s": rows / sum(times), "step_s": statistics.mean(times),
+            "step_s_min": min(times), "step_s_max": max(times), "steps": steps,
+            "trainable": sum(p.numel() for p in params), "loss_first": losses[0], "loss_last": losses[-1]}
+
+
+def profile_loader(records: list[QARecord], proc: PixelLMProcessor, *, samples: int, batch_size: int,
+                   seed: int) -> dict[str, float]:
+    """Mean microseconds per sample of each stage of `PixelLMProcessor.__call__` (re-run stage by
+    stage, single process) plus collate, and the time of the real call for comparison."""
+    rng = np.random.default_rng(seed)
+    chosen = [records[int(i)] for i in rng.integers(len(records), size=samples)]
+    stages = dict.fromkeys(("image decode (PIL open+convert)", "image transform (resize/normalise/pad)",
+                            "tokenization (encode)", "mask decode", "collate (per sample)"), 0.0)
+    keys = list(stages)
+    built = []
+    for rec in chosen:
+        t0 = time.perf_counter()
+        with Image.open(rec.image_path) as im:
+            image = im.convert("RGB")
+        t1 = time.perf_counter()
+        pixels, meta = proc.preprocess_image(image)
+        t2 = time.perf_counter()
+        enc = proc.encode(rec.question, rec.answer)
+        t3 = time.perf_counter()
+        h, w = meta.original_size
+        masks = [decode_mask(m, h, w, rec.mask_root) for m in rec.masks[: enc.kept_targets]]
+        _ = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.bool)
+        t4 = time.perf_counter()
+        for k, dt in zip(keys[:4], (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            stages[k] += dt
+    t = time.perf_counter()
+    for rec in chosen:
+        built.append(proc(rec))
+    whole = time.perf_counter() - t
+    t = time.perf_counter()
+    batches = [collate(built[i : i + batch_size], pad_id=proc.tokenizer.pad_token_id)
+               for i in range(0, len(built), batch_size)]
+    stages[keys[-1]] = time.perf_counter() - t
+    # what a DataLoader worker pays to hand a batch to the main process: every tensor storage is
+    # moved to shared memory and its file descriptor passed over a socket (dumps: worker side,
+    # loads: main process side)
+    t = time.perf_counter()
+    for batch in batches:
+        pickle.loads(ForkingPickler.dumps(batch))
+    ipc = time.perf_counter() - t
+    storages = statistics.mean(_count_storages(b) for b in batches)
+    out = {k: v / samples * 1e6 for k, v in stages.items()}
+    out["processor __call__ as a whole"] = whole / samples * 1e6
+    out["worker->main IPC of the batch"] = ipc / samples * 1e6
+    out["(tensor storages per batch, count)"] = storages
+    return out
+
+
+def _count_storages(batch) -> int:
+    """Distinct tensor storages in a batch (each is one shared-memory segment + fd to send)."""
+    seen, empty = set(), 0
+    for t in {id(t): t for t in _tensors(batch)}.values():
+        ptr = t.untyped_storage().data_ptr()
+        if ptr == 0:
+            empty += 1
+        else:
+            seen.add(ptr)
+    return len(seen) + empty
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    """Every tensor reachable from a Batch (its own fields and its samples')."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in _tensors(x)]
+    if hasattr(obj, "__dataclass_fields__"):
+        return [t for f in obj.__dataclass_fields__ for t in _tensors(getattr(obj, f))]
+    return []
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def timed(label: str, fn: Callable):
+    t = time.perf_counter()
+    result = fn()
+    print(f"  {label}: {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=CONFIG, help="model/data/train recipe (default: tiny_synthetic.yaml)")
+    ap.add_argument("--muse-images", type=int, default=300, help="MUSE fixture images (default 300)")
+    ap.add_argument("--muse-questions", type=int, default=4, help="questions per MUSE image (default 4)")
+    ap.add_argument("--synthetic-images", type=int, default=1000, help="synthetic train images (3 questions each)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size of the config (32)")
+    ap.add_argument("--batches", type=int, default=30, help="timed loader batches per setting (default 30)")
+    ap.add_argument("--warmup-batches", type=int, default=2, help="untimed first loader batches (default 2)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to try (default 0 2)")
+    ap.add_argument("--train-steps", type=int, default=8, help="timed training steps (default 8, after 2 warm-up)")
+    ap.add_argument("--device", default="cpu", help="device of the training measurement (default cpu)")
+    ap.add_argument("--profile", action="store_true", help="per-stage loader profile (automatic when a ratio < 5)")
+    ap.add_argument("--profile-samples", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=Path, default=None, help="write the fixtures here instead of a temp dir")
+    args = ap.parse_args(argv)
+
+    cfg = load_config(args.config)
+    bs = args.batch_size or cfg.train.batch_size
+    cfg.train.batch_size = bs
+    torch.manual_seed(cfg.train.seed)
+    model = build_pixellm(cfg.model)
+    proc = PixelLMProcessor.from_model(model, max_length=cfg.data.max_length)
+    del model
+
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="pixellm-throughput-")
+    work = args.keep or Path(tmp.name)
+    print(f"fixtures in {work}", file=sys.stderr)
+    synth_root = work / "synthetic"
+    timed(f"generate_synthetic ({args.synthetic_images} images)", lambda: generate_synthetic(
+        synth_root, args.synthetic_images, 0, 0, size=cfg.data.synthetic.image_size, seed=args.seed, progress=False))
+    muse_ann, muse_images = timed(f"MUSE fixture ({args.muse_images} images)", lambda: write_muse_fixture(
+        work / "muse", args.muse_images, args.muse_questions, seed=args.seed))
+    sources = {
+        "muse": timed("load_muse", lambda: load_muse(muse_ann, muse_images, "train")),
+        "custom/synthetic": timed("load_custom", lambda: load_custom(synth_root / "train.jsonl", synth_root,
+                                                                     source="synthetic:train")),
+    }
+
+    loader_rows = {}
+    for name, records in sources.items():
+        for workers in args.workers:
+            loader_rows[name, workers] = timed(f"{name} loader, {workers} workers", partial(
+                measure_loader, records, name, proc, batch_size=bs, workers=workers, batches=args.batches,
+                warmup=args.warmup_batches, seed=args.seed))
+
+    # training consumption on pre-loaded synthetic batches (the demo's training data)
+    loader = make_loader(sources["custom/synthetic"], "synthetic", proc, batch_size=bs, workers=0, seed=args.seed)
+    it = iter(loader)
+    train_batches = [next(it) for _ in range(4)]
+    train = timed(f"training, {args.train_steps} steps", lambda: measure_training(
+        cfg, train_batches, steps=args.train_steps, warmup=2, device=args.device))
+
+    # ------------------------------------------------------------------ table
+    threads = torch.get_num_threads()
+    print()
+    print(f"# data throughput vs training consumption ({args.config.name}, batch {bs}, "
+          f"max_length {cfg.data.max_length}, image {proc.image_size}px)")
+    print(f"# host: {os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads), "
+          f"python {platform.python_version()}, training on {args.device}")
+    print()
+    header = f"{'loader':<18} {'records':>7} {'workers':>7} {'samples/s':>10} {'start-up s':>10} " \
+             f"{'tok/row':>7} {'skipped':>7} {'dropped':>7} {'vs train':>8}"
+    print(header)
+    print("-" * len(header))
+    for (name, workers), r in loader_rows.items():
+        ratio = r["samples_per_s"] / train["samples_per_s"]
+        print(f"{name:<18} {len(sources[name]):>7} {workers:>7} {r['samples_per_s']:>10.1f} {r['warmup_s']:>10.2f} "
+              f"{r['tokens_per_row']:>7.1f} {r['skipped']:>7} {r['dropped_targets']:>7} {ratio:>7.1f}x")
+    print(f"{'training (tiny)':<18} {'':>7} {'':>7} {train['samples_per_s']:>10.1f} "
+          f"{'':>10} {'':>7} {'':>7} {'':>7} {'1.0x':>8}")
+    print()
+    print(f"training step: mean {train['step_s']:.3f}s (min {train['step_s_min']:.3f}, max {train['step_s_max']:.3f}) "
+          f"over {train['steps']} steps of {bs} samples; {train['trainable']:,} trainable parameters; "
+          f"loss {train['loss_first']:.3f} -> {train['loss_last']:.3f}")
+    low = []
+    for name in sources:
+        w = 2 if (name, 2) in loader_rows else max(k for n, k in loader_rows if n == name)
+        ratio = loader_rows[name, w]["samples_per_s"] / train["samples_per_s"]
+        need = " (requirement >= 5: " + ("PASS" if ratio >= REQUIRED_RATIO else "FAIL") + ")" \
+            if name == "custom/synthetic" else ""
+        print(f"ratio {name} loader ({w} workers) / training: {ratio:.1f}x{need}")
+        if ratio < REQUIRED_RATIO:
+            low.append(name)
+
+    # ------------------------------------------------------------------ profile
+    if args.profile or low:
+        print()
+        print(f"# loader profile: mean microseconds per sample, single process, {args.profile_samples} samples")
+        profiles = {name: profile_loader(records, proc, samples=args.profile_samples, batch_size=bs, seed=args.seed)
+                    for name, records in sources.items()}
+        names = list(profiles)
+        print(f"{'stage':<40} " + " ".join(f"{n:>18}" for n in names))
+        for stage in profiles[names[0]]:
+            print(f"{stage:<40} " + " ".join(f"{profiles[n][stage]:>18.0f}" for n in names))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
