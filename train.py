@@ -25,7 +25,13 @@ from pixellm.training.checkpoint import find_resume, load_checkpoint, save_check
 from pixellm.training.distributed import init_distributed
 from pixellm.training.logger import RunLogger
 from pixellm.training.setup import (
-    StepMeter, TrainResult, build_mixture, make_engine, make_loader, param_checksum, seed_everything,
+    StepMeter,
+    TrainResult,
+    build_mixture,
+    make_engine,
+    make_loader,
+    param_checksum,
+    seed_everything,
 )
 from pixellm.training.validation import validate
 

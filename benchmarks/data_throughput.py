@@ -1,7 +1,7 @@
 """Data-loader throughput against the tiny model's training consumption rate.
 
     python benchmarks/data_throughput.py [--muse-images 300] [--synthetic-images 1000] [--batches 30]
-                                         [--train-steps 8] [--workers 0 2] [--profile]
+                                         [--train-steps 8] [--workers 0 2] [--threads 1] [--profile]
 
 Everything is written to a temporary folder; nothing is downloaded.
 
@@ -23,18 +23,24 @@ config's lr / betas / weight decay, fp32; one step = forward + compute_losses + 
 optimizer step on a batch of `train.batch_size` synthetic samples (pre-loaded, so no data time
 is included), timed after 2 warm-up steps. No DeepSpeed and no gradient clipping.
 
+Timing on a shared machine: this process runs with `--threads` torch threads (default 1; the
+DataLoader gives each worker 1). On a 2-core box that other jobs also use, a 2-thread training
+step of the tiny model swings between 0.25 s and 10 s (OpenMP threads waiting for a descheduled
+sibling) while a 1-thread step stays near 0.26-0.4 s, its quiet-machine time; so the default
+measures the trainer's real speed rather than the neighbours' load. Each rate is given as the
+steady-state mean and as the best (fastest window of 5 loader batches / fastest training step).
+
 The printed ratio is (loader samples/s with 2 workers) / (training samples/s); a loader with a
 ratio >= 5 keeps the training step fed with margin. Loader and training are measured one after
 the other, not concurrently: in a real run on a small machine the workers share the CPU cores
 with the training process. `--profile` (automatic when a ratio is below 5) breaks the
-per-sample loader time down into image decode, image transform, tokenization, mask decode and
-collate.
+per-sample loader time down into image decode, image transform, tokenization, mask decode,
+collate and the worker->main hand-over of a batch (and counts the tensor storages it sends).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pickle
@@ -56,7 +62,7 @@ from torch.utils.data import DataLoader
 
 from pixellm.build import build_pixellm
 from pixellm.config import Config, load_config
-from pixellm.data.batch import Batch, Sample, collate
+from pixellm.data.batch import collate
 from pixellm.data.custom import load_custom
 from pixellm.data.masks import decode_mask, encode_rle
 from pixellm.data.mixture import MixtureDataset, QADataset, StepSampler
@@ -70,6 +76,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_synthetic.yaml"
 REQUIRED_RATIO = 5.0
 CATEGORIES = ("cup", "kettle", "plate", "fork", "dog", "cat", "chair", "lamp", "book", "bottle")
+STAGES = ("image decode (PIL open+convert)", "image transform (resize/normalise/pad)",
+          "tokenization (encode)", "mask decode")
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -140,39 +148,20 @@ def write_muse_fixture(out: Path, num_images: int, questions: int, seed: int = 0
 
 
 def make_loader(records: list[QARecord], name: str, proc: PixelLMProcessor, *, batch_size: int,
-                workers: int, seed: int, collate_fn: Callable = collate) -> DataLoader:
+                workers: int, seed: int) -> DataLoader:
     """The loader of pixellm.training.setup.make_loader over one source (rank 0 of 1)."""
     mixture = MixtureDataset([QADataset(records, proc, name)], [1.0], seed=seed)
     return DataLoader(
         mixture, batch_size=batch_size, sampler=StepSampler(batch_size=batch_size),
-        collate_fn=partial(collate_fn, pad_id=proc.tokenizer.pad_token_id),
+        collate_fn=partial(collate, pad_id=proc.tokenizer.pad_token_id),
         num_workers=workers, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
     )
 
 
-def slim_collate(samples: list[Sample], pad_id: int) -> Batch:
-    """What-if (benchmark only): `collate`, minus what makes a worker->main transfer expensive.
-    The per-sample tensors that the batch already holds are dropped from `batch.samples` (only
-    ids, source and extra are kept) and the masks share one storage, so a batch crosses the
-    process boundary as ~6 shared-memory segments instead of ~4 per row."""
-    batch = collate(samples, pad_id)
-    flat = torch.cat([m.reshape(-1) for m in batch.masks])
-    masks, offset = [], 0
-    for m in batch.masks:
-        masks.append(flat[offset : offset + m.numel()].view(m.shape))
-        offset += m.numel()
-    batch.masks = masks
-    batch.samples = [dataclasses.replace(s, input_ids=None, labels=None, pixel_values=None, masks=None)
-                     for s in samples]
-    return batch
-
-
-def measure_loader(records, name, proc, *, batch_size, workers, batches, warmup, seed, window=5,
-                   collate_fn: Callable = collate) -> dict:
+def measure_loader(records, name, proc, *, batch_size, workers, batches, warmup, seed, window=5) -> dict:
     """Steady-state samples/s over `batches` batches after `warmup` untimed ones; also the best
     rate over any `window` consecutive batches (the least disturbed by other processes)."""
-    loader = make_loader(records, name, proc, batch_size=batch_size, workers=workers, seed=seed,
-                         collate_fn=collate_fn)
+    loader = make_loader(records, name, proc, batch_size=batch_size, workers=workers, seed=seed)
     start = time.perf_counter()
     it = iter(loader)
     for _ in range(warmup):
@@ -184,14 +173,28 @@ def measure_loader(records, name, proc, *, batch_size, workers, batches, warmup,
         stamps.append(time.perf_counter())
         rows += batch.num_rows
         tokens += int(batch.attention_mask.sum())
-        skipped += sum(len(s.extra.get("skipped", [])) for s in batch.samples)
-        dropped += sum(s.extra.get("dropped_targets", 0) for s in batch.samples)
+        skipped += sum(len(r.extra.get("skipped", [])) for r in batch.rows)
+        dropped += sum(r.extra.get("dropped_targets", 0) for r in batch.rows)
     del it, loader  # shuts the workers down
     window = min(window, batches)
     best = window * batch_size / min(stamps[i + window] - stamps[i] for i in range(batches - window + 1))
     return {"samples_per_s": rows / (stamps[-1] - stamps[0]), "best_samples_per_s": best,
             "warmup_s": stamps[0] - start, "rows": rows, "skipped": skipped, "dropped_targets": dropped,
             "tokens_per_row": tokens / max(rows, 1)}
+
+
+def _train_step(model, opt, batch, cfg: Config, device: str) -> tuple[float, float]:
+    """One forward + compute_losses + backward + optimizer step: (seconds, loss)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    loss = compute_losses(model, model(batch), batch, cfg.train.loss)
+    loss.total.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, float(loss.total.detach())
 
 
 def measure_training(cfg: Config, batches: list, *, steps: int, warmup: int, device: str) -> dict:
@@ -202,96 +205,64 @@ def measure_training(cfg: Config, batches: list, *, steps: int, warmup: int, dev
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
     batches = [b.to(device) for b in batches]
-
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    times, losses = [], []
-    for i in range(warmup + steps):
-        batch = batches[i % len(batches)]
-        sync()
-        t = time.perf_counter()
-        out = model(batch)
-        loss = compute_losses(model, out, batch, cfg.train.loss)
-        loss.total.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-            losses.append(float(loss.total.detach()))
+    steps_run = [_train_step(model, opt, batches[i % len(batches)], cfg, device) for i in range(warmup + steps)]
+    times, losses = zip(*steps_run[warmup:], strict=True)
     rows = sum(batches[i % len(batches)].num_rows for i in range(warmup, warmup + steps))
     return {"samples_per_s": rows / sum(times), "best_samples_per_s": batches[0].num_rows / min(times),
-            "step_s": statistics.mean(times),
-            "step_s_min": min(times), "step_s_max": max(times), "steps": steps,
-            "trainable": sum(p.numel() for p in params), "loss_first": losses[0], "loss_last": losses[-1]}
+            "step_s": statistics.mean(times), "step_s_min": min(times), "step_s_max": max(times),
+            "steps": steps, "trainable": sum(p.numel() for p in params),
+            "loss_first": losses[0], "loss_last": losses[-1]}
+
+
+def _stage_seconds(rec: QARecord, proc: PixelLMProcessor) -> list[float]:
+    """`PixelLMProcessor.__call__` on one record re-run stage by stage: seconds per STAGES entry."""
+    t0 = time.perf_counter()
+    with Image.open(rec.image_path) as im:
+        image = im.convert("RGB")
+    t1 = time.perf_counter()
+    _, meta = proc.preprocess_image(image)
+    t2 = time.perf_counter()
+    enc = proc.encode(rec.question, rec.answer)
+    t3 = time.perf_counter()
+    h, w = meta.original_size
+    masks = [decode_mask(m, h, w, rec.mask_root) for m in rec.masks[: enc.kept_targets]]
+    _ = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.bool)
+    return [t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3]
 
 
 def profile_loader(records: list[QARecord], proc: PixelLMProcessor, *, samples: int, batch_size: int,
                    seed: int) -> dict[str, float]:
-    """Mean microseconds per sample of each stage of `PixelLMProcessor.__call__` (re-run stage by
-    stage, single process) plus collate, and the time of the real call for comparison."""
+    """Mean microseconds per sample of each processor stage (single process), of the real call,
+    of collate and of the worker->main hand-over of the collated batches."""
     rng = np.random.default_rng(seed)
     chosen = [records[int(i)] for i in rng.integers(len(records), size=samples)]
-    stages = dict.fromkeys(("image decode (PIL open+convert)", "image transform (resize/normalise/pad)",
-                            "tokenization (encode)", "mask decode", "collate (per sample)"), 0.0)
-    keys = list(stages)
-    built = []
-    for rec in chosen:
-        t0 = time.perf_counter()
-        with Image.open(rec.image_path) as im:
-            image = im.convert("RGB")
-        t1 = time.perf_counter()
-        pixels, meta = proc.preprocess_image(image)
-        t2 = time.perf_counter()
-        enc = proc.encode(rec.question, rec.answer)
-        t3 = time.perf_counter()
-        h, w = meta.original_size
-        masks = [decode_mask(m, h, w, rec.mask_root) for m in rec.masks[: enc.kept_targets]]
-        _ = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.bool)
-        t4 = time.perf_counter()
-        for k, dt in zip(keys[:4], (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            stages[k] += dt
-    t = time.perf_counter()
-    for rec in chosen:
-        built.append(proc(rec))
-    whole = time.perf_counter() - t
-    t = time.perf_counter()
-    batches = [collate(built[i : i + batch_size], pad_id=proc.tokenizer.pad_token_id)
-               for i in range(0, len(built), batch_size)]
-    stages[keys[-1]] = time.perf_counter() - t
+    stages = np.sum([_stage_seconds(rec, proc) for rec in chosen], axis=0)
+    built, whole = _seconds(lambda: [proc(rec) for rec in chosen])
+    batches, collate_s = _seconds(lambda: [collate(built[i : i + batch_size], pad_id=proc.tokenizer.pad_token_id)
+                                           for i in range(0, len(built), batch_size)])
     # what a DataLoader worker pays to hand a batch to the main process: every tensor storage is
     # moved to shared memory and its file descriptor passed over a socket (dumps: worker side,
     # loads: main process side)
-    t = time.perf_counter()
-    for batch in batches:
-        pickle.loads(ForkingPickler.dumps(batch))
-    ipc = time.perf_counter() - t
-    storages = statistics.mean(_count_storages(b) for b in batches)
-    out = {k: v / samples * 1e6 for k, v in stages.items()}
-    out["processor __call__ as a whole"] = whole / samples * 1e6
-    out["worker->main IPC of the batch"] = ipc / samples * 1e6
-    out["(tensor storages per batch, count)"] = storages
+    _, ipc = _seconds(lambda: [pickle.loads(ForkingPickler.dumps(b)) for b in batches])
+    seconds = {**dict(zip(STAGES, stages, strict=True)), "collate (per sample)": collate_s,
+               "processor __call__ as a whole": whole, "worker->main IPC of the batch": ipc}
+    out = {k: float(v) / samples * 1e6 for k, v in seconds.items()}
+    out["(tensor storages per batch, count)"] = statistics.mean(_count_storages(b) for b in batches)
     return out
 
 
 def _count_storages(batch) -> int:
     """Distinct tensor storages in a batch (each is one shared-memory segment + fd to send)."""
-    seen, empty = set(), 0
-    for t in {id(t): t for t in _tensors(batch)}.values():
-        ptr = t.untyped_storage().data_ptr()
-        if ptr == 0:
-            empty += 1
-        else:
-            seen.add(ptr)
-    return len(seen) + empty
+    ptrs = [t.untyped_storage().data_ptr() for t in {id(t): t for t in _tensors(batch)}.values()]
+    return len({p for p in ptrs if p}) + ptrs.count(0)
 
 
 def _tensors(obj) -> list[torch.Tensor]:
-    """Every tensor reachable from a Batch (its own fields and its samples')."""
+    """Every tensor reachable from a Batch (its own fields and its rows' metadata)."""
     if isinstance(obj, torch.Tensor):
         return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
     if isinstance(obj, (list, tuple)):
         return [t for x in obj for t in _tensors(x)]
     if hasattr(obj, "__dataclass_fields__"):
@@ -299,79 +270,60 @@ def _tensors(obj) -> list[torch.Tensor]:
     return []
 
 
-# ----------------------------------------------------------------------------- report
+def _seconds(fn: Callable):
+    """(fn(), its wall-clock seconds)."""
+    t = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t
 
 
 def timed(label: str, fn: Callable):
-    t = time.perf_counter()
-    result = fn()
-    print(f"  {label}: {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
+    """fn(), its wall-clock time reported on stderr."""
+    result, seconds = _seconds(fn)
+    print(f"  {label}: {seconds:.1f}s", file=sys.stderr, flush=True)
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", type=Path, default=CONFIG, help="model/data/train recipe (default: tiny_synthetic.yaml)")
-    ap.add_argument("--muse-images", type=int, default=300, help="MUSE fixture images (default 300)")
-    ap.add_argument("--muse-questions", type=int, default=4, help="questions per MUSE image (default 4)")
-    ap.add_argument("--synthetic-images", type=int, default=1000, help="synthetic train images (3 questions each)")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size of the config (32)")
-    ap.add_argument("--batches", type=int, default=30, help="timed loader batches per setting (default 30)")
-    ap.add_argument("--warmup-batches", type=int, default=2, help="untimed first loader batches (default 2)")
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to try (default 0 2)")
-    ap.add_argument("--train-steps", type=int, default=8, help="timed training steps (default 8, after 2 warm-up)")
-    ap.add_argument("--device", default="cpu", help="device of the training measurement (default cpu)")
-    ap.add_argument("--profile", action="store_true", help="per-stage loader profile (automatic when a ratio < 5)")
-    ap.add_argument("--profile-samples", type=int, default=400)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--keep", type=Path, default=None, help="write the fixtures here instead of a temp dir")
-    args = ap.parse_args(argv)
-
-    cfg = load_config(args.config)
-    bs = args.batch_size or cfg.train.batch_size
-    cfg.train.batch_size = bs
-    torch.manual_seed(cfg.train.seed)
-    model = build_pixellm(cfg.model)
-    proc = PixelLMProcessor.from_model(model, max_length=cfg.data.max_length)
-    del model
-
-    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="pixellm-throughput-")
-    work = args.keep or Path(tmp.name)
-    print(f"fixtures in {work}", file=sys.stderr)
+def load_sources(args, cfg: Config, work: Path) -> dict[str, list[QARecord]]:
+    """Both fixtures written under `work` and read back with their loaders."""
     synth_root = work / "synthetic"
     timed(f"generate_synthetic ({args.synthetic_images} images)", lambda: generate_synthetic(
         synth_root, args.synthetic_images, 0, 0, size=cfg.data.synthetic.image_size, seed=args.seed, progress=False))
     muse_ann, muse_images = timed(f"MUSE fixture ({args.muse_images} images)", lambda: write_muse_fixture(
         work / "muse", args.muse_images, args.muse_questions, seed=args.seed))
-    sources = {
+    return {
         "muse": timed("load_muse", lambda: load_muse(muse_ann, muse_images, "train")),
         "custom/synthetic": timed("load_custom", lambda: load_custom(synth_root / "train.jsonl", synth_root,
                                                                      source="synthetic:train")),
     }
 
-    loader_rows = {}
-    for name, records in sources.items():
-        for workers in args.workers:
-            loader_rows[name, workers] = timed(f"{name} loader, {workers} workers", partial(
-                measure_loader, records, name, proc, batch_size=bs, workers=workers, batches=args.batches,
-                warmup=args.warmup_batches, seed=args.seed))
 
-    # training consumption on pre-loaded synthetic batches (the demo's training data)
-    loader = make_loader(sources["custom/synthetic"], "synthetic", proc, batch_size=bs, workers=0, seed=args.seed)
-    it = iter(loader)
+def measure_all(args, cfg: Config, proc: PixelLMProcessor, sources: dict) -> tuple[dict, dict]:
+    """Loader rates for every (source, workers), then training on pre-loaded synthetic batches."""
+    bs = cfg.train.batch_size
+    loader_rows = {(name, w): timed(f"{name} loader, {w} workers", partial(
+        measure_loader, records, name, proc, batch_size=bs, workers=w, batches=args.batches,
+        warmup=args.warmup_batches, seed=args.seed)) for name, records in sources.items() for w in args.workers}
+    it = iter(make_loader(sources["custom/synthetic"], "synthetic", proc, batch_size=bs, workers=0, seed=args.seed))
     train_batches = [next(it) for _ in range(4)]
     train = timed(f"training, {args.train_steps} steps", lambda: measure_training(
         cfg, train_batches, steps=args.train_steps, warmup=2, device=args.device))
+    return loader_rows, train
 
-    # ------------------------------------------------------------------ table
+
+# ----------------------------------------------------------------------------- report
+
+
+def print_table(args, cfg: Config, proc: PixelLMProcessor, sources: dict, loader_rows: dict, train: dict,
+                load_at_start: float) -> None:
     threads = torch.get_num_threads()
-    print()
-    print(f"# data throughput vs training consumption ({args.config.name}, batch {bs}, "
+    print(f"\n# data throughput vs training consumption ({args.config.name}, batch {cfg.train.batch_size}, "
           f"max_length {cfg.data.max_length}, image {proc.image_size}px)")
-    print(f"# host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, torch {torch.__version__} "
-          f"({threads} threads), python {platform.python_version()}, training on {args.device}")
-    print("# samples/s: steady-state mean; best: fastest window of 5 batches (loader) / fastest step (training)")
-    print()
+    print(f"# host: {os.cpu_count()} CPUs, 1-min load average {load_at_start:.1f} at start / "
+          f"{os.getloadavg()[0]:.1f} at end, torch {torch.__version__} ({threads} thread"
+          f"{'s' if threads > 1 else ''}; 1 per loader worker), python {platform.python_version()}, "
+          f"training on {args.device}")
+    print("# samples/s: steady-state mean; best: fastest window of 5 batches (loader) / fastest step (training)\n")
     header = (f"{'':<18} {'records':>7} {'workers':>7} {'samples/s':>10} {'best':>8} {'start-up s':>10} "
               f"{'tok/row':>7} {'skipped':>7} {'dropped':>7} {'vs train':>8} {'best/best':>9}")
     print(header)
@@ -383,8 +335,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['skipped']:>7} {r['dropped_targets']:>7} {r['samples_per_s'] / tr:>7.1f}x "
               f"{r['best_samples_per_s'] / tb:>8.1f}x")
     print(f"{'training (tiny)':<18} {'':>7} {'':>7} {tr:>10.1f} {tb:>8.1f} {'':>10} {'':>7} {'':>7} {'':>7} "
-          f"{'1.0x':>8} {'1.0x':>9}")
-    print()
+          f"{'1.0x':>8} {'1.0x':>9}\n")
+
+
+def print_ratios(sources: dict, loader_rows: dict, train: dict, bs: int) -> list[str]:
+    """The training step summary and each source's loader/training ratio; returns the sources
+    whose ratio (mean or best) is below REQUIRED_RATIO."""
+    if train["step_s_max"] > 2 * train["step_s_min"]:
+        print("warning: training step times vary more than 2x: other jobs are competing for the CPU")
     print(f"training step: mean {train['step_s']:.3f}s (min {train['step_s_min']:.3f}, max {train['step_s_max']:.3f}) "
           f"over {train['steps']} steps of {bs} samples; {train['trainable']:,} trainable parameters; "
           f"loss {train['loss_first']:.3f} -> {train['loss_last']:.3f}")
@@ -392,39 +350,67 @@ def main(argv: list[str] | None = None) -> int:
     for name in sources:
         w = 2 if (name, 2) in loader_rows else max(k for n, k in loader_rows if n == name)
         r = loader_rows[name, w]
-        mean, best = r["samples_per_s"] / tr, r["best_samples_per_s"] / tb
-        verdict = ""
-        if name == "custom/synthetic":
-            verdict = f"  (requirement >= {REQUIRED_RATIO:g} on both: " + \
-                ("PASS" if min(mean, best) >= REQUIRED_RATIO else "FAIL") + ")"
+        mean, best = r["samples_per_s"] / train["samples_per_s"], r["best_samples_per_s"] / train["best_samples_per_s"]
+        verdict = "PASS" if min(mean, best) >= REQUIRED_RATIO else "FAIL"
+        verdict = f"  (requirement >= {REQUIRED_RATIO:g} on both: {verdict})" if name == "custom/synthetic" else ""
         print(f"ratio {name} loader ({w} workers) / training: {mean:.1f}x (mean rates), "
               f"{best:.1f}x (best rates){verdict}")
         if min(mean, best) < REQUIRED_RATIO:
             low.append(name)
+    return low
 
-    # ------------------------------------------------------------------ profile
-    if args.profile or low:
-        print()
-        print(f"# loader profile: mean microseconds per sample, single process, {args.profile_samples} samples")
-        profiles = {name: profile_loader(records, proc, samples=args.profile_samples, batch_size=bs, seed=args.seed)
-                    for name, records in sources.items()}
-        names = list(profiles)
-        print(f"{'stage':<40} " + " ".join(f"{n:>18}" for n in names))
-        for stage in profiles[names[0]]:
-            print(f"{stage:<40} " + " ".join(f"{profiles[n][stage]:>18.0f}" for n in names))
-        print()
-        print("# what-if, 2 workers: collate as today vs slim_collate (no per-sample tensors in "
-              "batch.samples, masks in one storage); alternated twice, samples/s mean / best")
-        for name in names:
-            cells = []
-            for fn in (collate, slim_collate, collate, slim_collate):
-                r = measure_loader(sources[name], name, proc, batch_size=bs, workers=2, batches=args.batches,
-                                   warmup=args.warmup_batches, seed=args.seed, collate_fn=fn)
-                cells.append(f"{'slim' if fn is slim_collate else 'today'} {r['samples_per_s']:.0f}/"
-                             f"{r['best_samples_per_s']:.0f}")
-            print(f"{name:<18} " + "   ".join(cells))
-    if tmp is not None:
-        tmp.cleanup()
+
+def print_profile(args, proc: PixelLMProcessor, sources: dict, bs: int) -> None:
+    print(f"\n# loader profile: mean microseconds per sample, single process, {args.profile_samples} samples")
+    profiles = {name: profile_loader(records, proc, samples=args.profile_samples, batch_size=bs, seed=args.seed)
+                for name, records in sources.items()}
+    names = list(profiles)
+    print(f"{'stage':<40} " + " ".join(f"{n:>18}" for n in names))
+    for stage in profiles[names[0]]:
+        print(f"{stage:<40} " + " ".join(f"{profiles[n][stage]:>18.0f}" for n in names))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=CONFIG, help="model/data/train recipe (default: tiny_synthetic.yaml)")
+    ap.add_argument("--muse-images", type=int, default=300, help="MUSE fixture images (default 300)")
+    ap.add_argument("--muse-questions", type=int, default=4, help="questions per MUSE image (default 4)")
+    ap.add_argument("--synthetic-images", type=int, default=1000, help="synthetic train images (3 questions each)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size of the config (32)")
+    ap.add_argument("--batches", type=int, default=30, help="timed loader batches per setting (default 30)")
+    ap.add_argument("--warmup-batches", type=int, default=2, help="untimed first loader batches (default 2)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to try (default 0 2)")
+    ap.add_argument("--train-steps", type=int, default=8, help="timed training steps (default 8, after 2 warm-up)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads of this process (training, 0-worker loading); 0 = torch's "
+                         "default. Default 1: the tiny model's ops are too small to gain from a second thread, "
+                         "and with other jobs on the machine a 2-thread step varies 0.25-10 s (OpenMP "
+                         "oversubscription) while a 1-thread step stays near its quiet-machine time")
+    ap.add_argument("--device", default="cpu", help="device of the training measurement (default cpu)")
+    ap.add_argument("--profile", action="store_true", help="per-stage loader profile (automatic when a ratio < 5)")
+    ap.add_argument("--profile-samples", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=Path, default=None, help="write the fixtures here instead of a temp dir")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    load_at_start = os.getloadavg()[0]
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    bs = cfg.train.batch_size = args.batch_size or cfg.train.batch_size
+    torch.manual_seed(cfg.train.seed)
+    proc = PixelLMProcessor.from_model(build_pixellm(cfg.model), max_length=cfg.data.max_length)
+    with tempfile.TemporaryDirectory(prefix="pixellm-throughput-") as tmp:
+        work = args.keep or Path(tmp)
+        print(f"fixtures in {work}", file=sys.stderr)
+        sources = load_sources(args, cfg, work)
+        loader_rows, train = measure_all(args, cfg, proc, sources)
+        print_table(args, cfg, proc, sources, loader_rows, train, load_at_start)
+        if print_ratios(sources, loader_rows, train, bs) or args.profile:
+            print_profile(args, proc, sources, bs)
     return 0
 
 

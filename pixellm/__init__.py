@@ -2,47 +2,39 @@
 
 LLaVA-1.5 (CLIP + projector + LoRA-tuned LLM) emits a group of segmentation codebook tokens per
 referenced object; a light pixel decoder turns each group into a mask.
+
+Names are imported on first use, so `pixellm validate-data` and friends start without loading
+torch/transformers.
 """
 
-from .build import build_pixellm, load_pixellm, save_pixellm, setup_trainable
-from .config import Config, ConfigError, DataConfig, EvalConfig, ModelConfig, TrainConfig, load_config
-from .constants import IGNORE_INDEX, IMAGE_TOKEN, NO_TARGET_ANSWER, SEG_PLACEHOLDER
-from .data.batch import Batch, ImageMeta, Sample, collate
-from .data.records import QARecord
-from .losses import LossOutput, compute_losses
-from .modeling.pixellm import InputMismatchError, PixelLM, PixelLMConfig, PixelLMOutput
-from .presets import PRESETS
-from .processor import PixelLMProcessor
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Batch",
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "EvalConfig",
-    "IGNORE_INDEX",
-    "IMAGE_TOKEN",
-    "ImageMeta",
-    "InputMismatchError",
-    "LossOutput",
-    "ModelConfig",
-    "NO_TARGET_ANSWER",
-    "PRESETS",
-    "PixelLM",
-    "PixelLMConfig",
-    "PixelLMOutput",
-    "PixelLMProcessor",
-    "QARecord",
-    "SEG_PLACEHOLDER",
-    "Sample",
-    "TrainConfig",
-    "build_pixellm",
-    "collate",
-    "compute_losses",
-    "load_config",
-    "load_pixellm",
-    "save_pixellm",
-    "setup_trainable",
-]
+_EXPORTS = {
+    "build": ["build_pixellm", "load_pixellm", "save_pixellm", "setup_trainable"],
+    "config": ["Config", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "TrainConfig", "load_config"],
+    "constants": ["IGNORE_INDEX", "IMAGE_TOKEN", "NO_TARGET_ANSWER", "SEG_PLACEHOLDER"],
+    "data.batch": ["Batch", "ImageMeta", "Sample", "collate"],
+    "data.records": ["QARecord"],
+    "losses": ["LossOutput", "compute_losses"],
+    "modeling.pixellm": ["InputMismatchError", "PixelLM", "PixelLMConfig", "PixelLMOutput"],
+    "predictor": ["PixelLMPredictor", "Prediction", "Segment"],
+    "presets": ["PRESETS"],
+    "processor": ["PixelLMProcessor"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pixellm' has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -9,7 +9,12 @@ from pathlib import Path
 import torch
 from huggingface_hub import load_torch_model, save_torch_model
 from peft import LoraConfig, TrainableTokensConfig, inject_adapter_in_model
-from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerBase,
+)
 from transformers.initialization import no_init_weights
 from transformers.utils import is_flash_attn_2_available
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from .modeling.pixellm import PixelLM
 from .modeling.vision import VisionFeatures
@@ -89,8 +95,10 @@ class _Stepper:
         """token: (B,) -> (B, H) hidden state at the new position."""
         new = self.model.language_model.get_input_embeddings()(token[:, None])
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], 1)
+        if self.use_cache:  # the cache holds the past: feed the new token only
+            return self._run(new, self.mask)
         self.embeds = torch.cat([self.embeds, new], 1)
-        return self._run(new if self.use_cache else self.embeds, self.mask)
+        return self._run(self.embeds, self.mask)
 
 
 @torch.no_grad()
@@ -131,6 +139,8 @@ def generate(
         else:
             nxt = scores.argmax(-1)
         nxt = torch.where(finished, torch.full_like(nxt, tok.pad_token_id), nxt)
+        for i in torch.isin(nxt, seg_ids).nonzero().flatten().tolist():
+            states[i].append(hidden[i])  # the state that predicts a codebook token represents it
         finished |= nxt == tok.eos_token_id
         for i in range(b):
             if nxt[i] != tok.pad_token_id and nxt[i] != tok.eos_token_id:
@@ -139,8 +149,6 @@ def generate(
             break
         history = torch.cat([history, nxt[:, None]], 1)
         hidden = stepper.step(nxt)
-        for i in torch.isin(nxt, seg_ids).nonzero().flatten().tolist():
-            states[i].append(hidden[i])
     k = len(model.config.seg_token_ids)
     h = model.config.llava["text_config"]["hidden_size"]
     return [

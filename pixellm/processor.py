@@ -39,6 +39,7 @@ class PixelLMProcessor:
         self.max_length = max_length
         self.group = "".join(config.seg_tokens)
         self.image_size = config.image_size
+        self._prefix: tuple[str, list[int]] | None = None
 
     @classmethod
     def from_model(cls, model, max_length: int = 512) -> PixelLMProcessor:
@@ -52,9 +53,8 @@ class PixelLMProcessor:
         r = self.image_size
         scale = r / max(h, w)
         valid = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = TF.to_dtype(TF.to_image(image.convert("RGB")), torch.float32, scale=True)
-        x = TF.resize(x, list(valid), antialias=True)
-        x = TF.normalize(x, CLIP_MEAN, CLIP_STD)
+        x = TF.resize(TF.to_image(image.convert("RGB")), list(valid), antialias=True)  # uint8: cheaper
+        x = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), CLIP_MEAN, CLIP_STD)
         x = TF.pad(x, [0, 0, r - valid[1], r - valid[0]], fill=0.0)
         return x, ImageMeta(original_size=(h, w), valid_size=valid)
 
@@ -66,9 +66,11 @@ class PixelLMProcessor:
         """BOS + template prompt with `<image>` expanded to num_image_tokens image-token ids."""
         prompt = self.config.template.prompt(question, with_image=True)
         before, after = prompt.split(IMAGE_TOKEN, 1)
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        image = [self.config.image_token_id] * self.config.num_image_tokens
-        return bos + self._ids(before) + image + self._ids(after)
+        if self._prefix is None or self._prefix[0] != before:  # system prompt + image block: the same every time
+            bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+            image = [self.config.image_token_id] * self.config.num_image_tokens
+            self._prefix = (before, bos + self._ids(before) + image)
+        return self._prefix[1] + self._ids(after)
 
     def answer_ids(self, answer: str, keep_targets: int | None = None) -> list[int]:
         """Answer tokens (+ EOS) with each `<seg>` replaced by the codebook group.
@@ -79,7 +81,10 @@ class PixelLMProcessor:
         parts = answer.split(SEG_PLACEHOLDER)
         n = len(parts) - 1
         k = n if keep_targets is None else keep_targets
-        text = self.group.join(parts[: k + 1]) if k == n else self.group.join(parts[:k]) + self.group
+        if k == n:
+            text = self.group.join(parts)
+        else:  # cut after the k-th group (k = 0: the text before the first target only)
+            text = self.group.join(parts[:k]) + self.group if k else parts[0].rstrip()
         return self._ids(self.config.template.answer(text)) + [self.tokenizer.eos_token_id]
 
     def encode(self, question: str, answer: str) -> Encoded:
@@ -97,11 +102,19 @@ class PixelLMProcessor:
                     break
                 ids = torch.tensor(prompt + ans, dtype=torch.long)
                 labels = torch.tensor([IGNORE_INDEX] * len(prompt) + ans, dtype=torch.long)
-                return Encoded(ids, labels, k)
+                return Encoded(ids, self.mask_forced_tokens(labels), k)
         raise SampleTooLongError(
             f"prompt of {len(prompt)} tokens + answer does not fit max_length={self.max_length} "
             f"with any of its {n} targets"
         )
+
+    def mask_forced_tokens(self, labels: torch.Tensor) -> torch.Tensor:
+        """No text loss on [SEG1]..[SEG{K-1}]: generation forces them after [SEG0], and training
+        the states before them to predict a fixed token would make every group's states alike,
+        erasing what the mask decoder needs to tell targets apart. [SEG0] (whether and when to
+        emit a group) is still trained."""
+        forced = torch.isin(labels, torch.tensor(self.config.seg_token_ids[1:]))
+        return labels.masked_fill(forced, IGNORE_INDEX)
 
     def encode_prompt(self, question: str) -> torch.Tensor:
         """(S,) input ids for generation: the prompt only."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -26,12 +28,15 @@ def overlay(image: Image.Image, masks: list[np.ndarray], phrases: list[str], alp
         base[m] = (1 - alpha) * base[m] + alpha * np.array(colour(i), np.float32)
     drawn = Image.fromarray(base.clip(0, 255).astype(np.uint8))
     font = ImageFont.load_default()
-    lines = ([title] if title else []) + [f"[{i + 1}] {p}" for i, p in enumerate(phrases)]
+    width = max(drawn.width, 240)
+    chars = max(20, width // 6)  # the default bitmap font is about 6 px per character
+    head = textwrap.wrap(title, chars) if title else []
+    lines = [(t, (0, 0, 0)) for t in head]
+    lines += [(t, colour(i)) for i, p in enumerate(phrases) for t in textwrap.wrap(f"[{i + 1}] {p}", chars)]
     line_h = 12
-    canvas = Image.new("RGB", (max(drawn.width, 240), drawn.height + line_h * len(lines) + 4), "white")
+    canvas = Image.new("RGB", (width, drawn.height + line_h * len(lines) + 4), "white")
     canvas.paste(drawn, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for j, text in enumerate(lines):
-        fill = (0, 0, 0) if title and j == 0 else colour(j - (1 if title else 0))
+    for j, (text, fill) in enumerate(lines):
         draw.text((2, drawn.height + 2 + j * line_h), text, fill=fill, font=font)
     return canvas

@@ -18,7 +18,7 @@ ANSWER = f"red {SEG_PLACEHOLDER} and blue {SEG_PLACEHOLDER}."
 @pytest.fixture(scope="module")
 def memorised():
     """A tiny model trained for a few seconds to answer with two codebook groups."""
-    model = build_tiny(seed=1)
+    model = build_tiny(seed=1, train_llm=True)  # a random LLM memorises reliably only when fully trained
     batch = make_batch(model, [ANSWER])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(60):

@@ -142,7 +142,6 @@ def test_exported_checkpoint_reloads_with_the_trained_outputs(trained, tmp_path)
 def test_lora_merge_on_export_keeps_outputs(tmp_path):
     """With LoRA (the pretrained-model path) the adapters and codebook rows fold into the base."""
     import train
-
     from pixellm.export import export, load_from_checkpoint
     from pixellm.modeling.pixellm import PixelLM
 

@@ -44,6 +44,16 @@ class Sample:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SampleMeta:
+    """What a batch keeps of each row's sample besides its tensors (bookkeeping only)."""
+
+    source: str
+    image_id: int | str
+    question_id: str
+    extra: dict
+
+
 @dataclass
 class Batch:
     """A padded batch of B rows over I distinct images.
@@ -55,6 +65,7 @@ class Batch:
     image_index: (B,) long, row -> image.
     masks: per row a (n_b, H_i, W_i) bool tensor, or None at inference.
     image_meta: per image its ImageMeta.
+    rows: per row its SampleMeta (source, ids, skip/truncation counts).
     """
 
     input_ids: torch.Tensor
@@ -64,7 +75,7 @@ class Batch:
     image_meta: list[ImageMeta]
     labels: torch.Tensor | None = None
     masks: list[torch.Tensor] | None = None
-    samples: list[Sample] | None = None
+    rows: list[SampleMeta] | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
         """Move tensors to `device`; `dtype` applies to pixel_values only."""
@@ -74,7 +85,7 @@ class Batch:
             input_ids=mv(self.input_ids), attention_mask=mv(self.attention_mask),
             pixel_values=self.pixel_values.to(device, dtype=dtype or self.pixel_values.dtype),
             image_index=mv(self.image_index), image_meta=self.image_meta, labels=mv(self.labels),
-            masks=None if self.masks is None else [m.to(device) for m in self.masks], samples=self.samples,
+            masks=None if self.masks is None else [m.to(device) for m in self.masks], rows=self.rows,
         )
 
     @property
@@ -104,5 +115,17 @@ def collate(samples: list[Sample], pad_id: int) -> Batch:
     return Batch(
         input_ids=input_ids, attention_mask=attention, labels=labels,
         pixel_values=torch.stack(pixels), image_index=torch.tensor(image_index, dtype=torch.long),
-        image_meta=metas, masks=[s.masks for s in samples], samples=samples,
+        image_meta=metas, masks=_pack_masks([s.masks for s in samples]),
+        rows=[SampleMeta(s.source, s.image_id, s.question_id, s.extra) for s in samples],
     )
+
+
+def _pack_masks(masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-row masks as views of one buffer: a DataLoader worker then hands the main process one
+    shared-memory block per batch instead of one per row (the hand-over dominated loading)."""
+    flat = torch.cat([m.reshape(-1) for m in masks]) if masks else torch.zeros(0, dtype=torch.bool)
+    out, start = [], 0
+    for m in masks:
+        out.append(flat[start : start + m.numel()].view(m.shape))
+        start += m.numel()
+    return out

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..constants import NO_TARGET_ANSWER
 from .errors import DataError, Problem
+from .jsonio import read_json_list
 from .masks import decode_mask, encode_rle
-from .muse import read_json_list
 from .records import MaskSpec, QARecord
 from .refer import (
     EVAL_ANSWER,

@@ -9,7 +9,6 @@ Every question becomes one QARecord whose masks are that question's instances, i
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from ..constants import NO_TARGET_ANSWER, SEG_PLACEHOLDER
 from .errors import DataError, Problem
+from .jsonio import read_json_list
 from .masks import MaskDecodeError, decode_mask
 from .records import QARecord
 
@@ -52,20 +52,6 @@ def template_answer(names: list[str], capitalize: bool = True) -> str:
     if capitalize:
         body = body[:1].upper() + body[1:]
     return body + "."
-
-
-def read_json_list(path: Path) -> list:
-    """Parse a JSON file that must hold a list; DataError with line/column on bad syntax."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(Problem(str(path), f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}")) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(Problem(str(path), "-", f"cannot read: {e}")) from None
-    if not isinstance(data, list):
-        raise DataError(Problem(str(path), "-", f"expected a JSON list of records, got {type(data).__name__}"))
-    return data
 
 
 def _is_int(v: Any) -> bool:

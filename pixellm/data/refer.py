@@ -9,7 +9,6 @@ The shared helpers here (instances, ref checks, `check_refs`) also serve `grefco
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from collections import Counter, defaultdict
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from ..constants import SEG_PLACEHOLDER
 from .errors import DataError, Problem
+from .jsonio import read_json
 from .masks import decode_mask
 from .muse import PROGRESS_MIN, ImageChecker, template_answer
 from .records import QARecord
@@ -61,13 +61,7 @@ def read_instances(path: Path) -> tuple[dict, dict, list[Problem]]:
     Raises DataError when the file cannot be read or parsed at all.
     """
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(Problem(str(path), f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}")) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(Problem(str(path), "-", f"cannot read: {e}")) from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise DataError(Problem(str(path), "-", "expected a COCO object with 'images' and 'annotations' lists"))

@@ -32,9 +32,9 @@ def source_name(spec: SourceConfig) -> str:
 
 def ensure_synthetic(data: DataConfig) -> Path:
     """Generate the synthetic task once; regenerate when its settings changed."""
-    from .synthetic import generate_synthetic
-
     import torch.distributed as td
+
+    from .synthetic import generate_synthetic
 
     s = data.synthetic
     out = Path(s.dir)

@@ -14,13 +14,13 @@ question_id = "<record index>:<turn index>".
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from ..constants import IMAGE_TOKEN, SEG_PLACEHOLDER
 from .errors import DataError, Problem
+from .jsonio import read_json_list
 from .records import QARecord
 
 HUMAN_ROLES = ("human", "user")
@@ -34,7 +34,7 @@ def load_vqa(annotations: Path, image_root: Path, max_turns: int | None = None) 
     Raises DataError naming the file, the record index and the reason for a malformed record.
     """
     annotations, image_root = Path(annotations), Path(image_root)
-    data = _read_json_list(annotations)
+    data = read_json_list(annotations)
     records: list[QARecord] = []
     for index, record in enumerate(data):
         try:
@@ -47,20 +47,6 @@ def load_vqa(annotations: Path, image_root: Path, max_turns: int | None = None) 
 def strip_image_tag(text: str) -> str:
     """The question without "<image>" and the whitespace around it."""
     return _IMAGE_TAG.sub(" ", text).strip()
-
-
-def _read_json_list(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(Problem(str(path), "file", "not found")) from None
-    except json.JSONDecodeError as e:
-        raise DataError(Problem(str(path), f"line {e.lineno}", f"invalid JSON at column {e.colno}: {e.msg}")) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(Problem(str(path), "file", f"cannot be read: {e}")) from None
-    if not isinstance(data, list):
-        raise DataError(Problem(str(path), "file", f"expected a JSON list of records, got {type(data).__name__}"))
-    return data
 
 
 def _record_to_qa(record: Any, index: int, image_root: Path, max_turns: int | None) -> list[QARecord]:

@@ -125,7 +125,10 @@ class PixelLM(nn.Module):
         groups = [find_codebook_groups(row, self.config.seg_token_ids) for row in batch.input_ids]
         if batch.masks is not None:
             check_masks_match_groups(groups, batch.masks)
-        seg_hidden = [hidden[b][g] for b, g in enumerate(groups)]  # per row (G, K, H)
+        # each codebook token is represented by the state that predicts it (the position before
+        # it), as in PixelLM/LISA: for [SEG0] that is the phrase's last word, so the phrase's
+        # meaning reaches the decoder directly; generation collects the same states
+        seg_hidden = [hidden[b][g - 1] for b, g in enumerate(groups)]  # per row (G, K, H)
         mask_logits = self.decode_masks(seg_hidden, vision, batch.image_index, batch.pixel_values)
         return PixelLMOutput(hidden_states=hidden, mask_logits=mask_logits, past_key_values=out.past_key_values)
 

@@ -100,7 +100,7 @@ class StepMeter:
         self.sums.update(losses)
         self.micro += 1
         self.samples += batch.num_rows
-        for s in batch.samples or []:
+        for s in batch.rows or []:
             self.sources[s.extra.get("source", s.source)] += 1
             self.skipped += len(s.extra.get("skipped", []))
             self.dropped_targets += s.extra.get("dropped_targets", 0)
