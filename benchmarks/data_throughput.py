@@ -3,39 +3,30 @@
     python benchmarks/data_throughput.py [--muse-images 300] [--synthetic-images 1000] [--batches 30]
                                          [--train-steps 8] [--workers 0 2] [--threads 1] [--profile]
 
-Everything is written to a temporary folder; nothing is downloaded.
+Everything is written to a temporary folder; nothing is downloaded. Two loaders, both through the
+exact training input path of `pixellm.training.setup` (QADataset -> MixtureDataset -> StepSampler
+-> DataLoader(collate, prefetch_factor=4, persistent workers)) with the config's processor:
+(a) MUSE: a MUSE-format fixture (JPEG images of 64..128 x 64..96 pixels, several questions each,
+    instances as COCO polygons, compressed and uncompressed RLE, text_answers with `{seg}`);
+(b) custom: the synthetic shapes task from `generate_synthetic` read with `load_custom` (the
+    `synthetic` source of configs/tiny_synthetic.yaml).
+The loader rate is the steady state after `--warmup-batches` untimed batches (worker start-up).
+Training consumption: the config's model (`build_pixellm(cfg.model)`), fp32 AdamW with the
+config's lr / betas / weight decay; one step = forward + compute_losses + backward + optimizer
+step on `train.batch_size` pre-loaded synthetic samples, after 2 warm-up steps (no DeepSpeed, no
+gradient clipping).
 
-(a) MUSE loader: a MUSE-format fixture (JPEG images of 64..128 x 64..96 pixels, several questions
-    each, instances as COCO polygons, compressed and uncompressed RLE, text_answers with `{seg}`)
-    read with `load_muse`.
-(b) custom loader: the synthetic shapes task written with `generate_synthetic` and read with
-    `load_custom` (what the `synthetic` source of configs/tiny_synthetic.yaml does).
+Timing on a shared machine: this process runs `--threads` torch threads (default 1; each loader
+worker gets 1): on a 2-core box shared with other jobs a 2-thread tiny-model step swings between
+0.25 s and 10 s (OpenMP threads waiting for a descheduled sibling), a 1-thread one stays near its
+quiet-machine 0.26-0.4 s. Each rate is the steady-state mean and the best (fastest window of 5
+loader batches / fastest training step).
 
-Both go through the exact training input path of `pixellm.training.setup`: QADataset ->
-MixtureDataset -> StepSampler -> DataLoader(collate, prefetch_factor=4, persistent workers), with
-the processor of the model of configs/tiny_synthetic.yaml (max_length from the config). The
-loader rate is the steady state: the first `--warmup-batches` batches (worker start-up) are not
-timed.
-
-(c) training consumption: the model built exactly as configs/tiny_synthetic.yaml says
-(`load_config` + `build_pixellm(cfg.model)`), AdamW over the trainable parameters with the
-config's lr / betas / weight decay, fp32; one step = forward + compute_losses + backward +
-optimizer step on a batch of `train.batch_size` synthetic samples (pre-loaded, so no data time
-is included), timed after 2 warm-up steps. No DeepSpeed and no gradient clipping.
-
-Timing on a shared machine: this process runs with `--threads` torch threads (default 1; the
-DataLoader gives each worker 1). On a 2-core box that other jobs also use, a 2-thread training
-step of the tiny model swings between 0.25 s and 10 s (OpenMP threads waiting for a descheduled
-sibling) while a 1-thread step stays near 0.26-0.4 s, its quiet-machine time; so the default
-measures the trainer's real speed rather than the neighbours' load. Each rate is given as the
-steady-state mean and as the best (fastest window of 5 loader batches / fastest training step).
-
-The printed ratio is (loader samples/s with 2 workers) / (training samples/s); a loader with a
-ratio >= 5 keeps the training step fed with margin. Loader and training are measured one after
-the other, not concurrently: in a real run on a small machine the workers share the CPU cores
-with the training process. `--profile` (automatic when a ratio is below 5) breaks the
-per-sample loader time down into image decode, image transform, tokenization, mask decode,
-collate and the worker->main hand-over of a batch (and counts the tensor storages it sends).
+The ratio is (loader samples/s, 2 workers) / (training samples/s); >= 5 keeps the trainer fed with
+margin. Loader and training are measured one after the other (in a real run the workers share the
+cores with the trainer). `--profile` (automatic when a ratio is below 5) splits the per-sample
+loader time into image decode, image transform, tokenization, mask decode, collate and the
+worker->main hand-over of a batch (with the number of tensor storages it sends).
 """
 
 from __future__ import annotations
@@ -81,15 +72,11 @@ STAGES = ("image decode (PIL open+convert)", "image transform (resize/normalise/
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
 def uncompressed_rle(mask: np.ndarray) -> dict:
     """(H, W) bool -> COCO uncompressed RLE (column-major run lengths, starting with zeros)."""
     flat = mask.flatten(order="F").astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
-    if flat[0]:
-        runs = [0] + runs
+    runs = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])).tolist()
+    runs = ([0] if flat[0] else []) + runs
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
 
 
@@ -100,11 +87,10 @@ def _instance(rng: np.random.Generator, h: int, w: int, draw: ImageDraw.ImageDra
     colour = tuple(int(c) for c in rng.integers(0, 256, 3))
     kind = int(rng.integers(3))
     if kind == 0:  # polygon (a triangle and, sometimes, a second part)
-        poly = [[float(x0), float(y1), float((x0 + x1) / 2), float(y0), float(x1), float(y1)]]
-        draw.polygon(poly[0], fill=colour)
+        seg = [[float(x0), float(y1), float((x0 + x1) / 2), float(y0), float(x1), float(y1)]]
+        draw.polygon(seg[0], fill=colour)
         if rng.random() < 0.3:
-            poly.append([float(x0), float(y0), float(x0 + 3), float(y0), float(x0 + 3), float(y0 + 3)])
-        seg = poly
+            seg.append([float(x0), float(y0), float(x0 + 3), float(y0), float(x0 + 3), float(y0 + 3)])
     else:  # an ellipse as compressed or uncompressed RLE
         yy, xx = np.mgrid[0:h, 0:w]
         cy, cx, ry, rx = (y0 + y1) / 2, (x0 + x1) / 2, max((y1 - y0) / 2, 1), max((x1 - x0) / 2, 1)
@@ -112,8 +98,10 @@ def _instance(rng: np.random.Generator, h: int, w: int, draw: ImageDraw.ImageDra
         draw.ellipse([x0, y0, x1, y1], fill=colour)
         seg = encode_rle(mask) if kind == 1 else uncompressed_rle(mask)
     name = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-    return {"segmentation": seg, "bbox": [x0, y0, x1 - x0, y1 - y0], "category_name": name,
-            "rephrased_name": f"the {colour[0] % 7}th {name}" if rng.random() < 0.5 else None}
+    inst = {"segmentation": seg, "bbox": [x0, y0, x1 - x0, y1 - y0], "category_name": name}
+    if rng.random() < 0.5:
+        inst["rephrased_name"] = f"the {colour[0] % 7}th {name}"
+    return inst
 
 
 def write_muse_fixture(out: Path, num_images: int, questions: int, seed: int = 0) -> tuple[Path, Path]:
@@ -129,9 +117,6 @@ def write_muse_fixture(out: Path, num_images: int, questions: int, seed: int = 0
         qs, answers, texts = [], [], []
         for q in range(questions):
             instances = [_instance(rng, h, w, draw) for _ in range(int(rng.integers(0, 4)))]
-            for inst in instances:
-                if inst["rephrased_name"] is None:
-                    del inst["rephrased_name"]
             qs.append(f"Question {q} about image {i}: which objects would you use to make tea?")
             answers.append(instances)
             texts.append(" and ".join(["this {seg}"] * len(instances)) + "." if instances and rng.random() < 0.7 else None)
@@ -139,23 +124,18 @@ def write_muse_fixture(out: Path, num_images: int, questions: int, seed: int = 0
         image.save(image_root / file_name, quality=90)
         records.append({"file_name": file_name, "height": h, "width": w, "image_id": i,
                         "questions": qs, "answers": answers, "text_answers": texts})
-    annotations = out / "muse_train.json"
-    annotations.write_text(json.dumps(records))
-    return annotations, image_root
+    (out / "muse_train.json").write_text(json.dumps(records))
+    return out / "muse_train.json", image_root
 
 
 # ----------------------------------------------------------------------------- measurements
-
-
 def make_loader(records: list[QARecord], name: str, proc: PixelLMProcessor, *, batch_size: int,
                 workers: int, seed: int) -> DataLoader:
     """The loader of pixellm.training.setup.make_loader over one source (rank 0 of 1)."""
     mixture = MixtureDataset([QADataset(records, proc, name)], [1.0], seed=seed)
-    return DataLoader(
-        mixture, batch_size=batch_size, sampler=StepSampler(batch_size=batch_size),
-        collate_fn=partial(collate, pad_id=proc.tokenizer.pad_token_id),
-        num_workers=workers, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-    )
+    return DataLoader(mixture, batch_size=batch_size, sampler=StepSampler(batch_size=batch_size),
+                      collate_fn=partial(collate, pad_id=proc.tokenizer.pad_token_id), num_workers=workers,
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
 
 def measure_loader(records, name, proc, *, batch_size, workers, batches, warmup, seed, window=5) -> dict:
@@ -166,42 +146,38 @@ def measure_loader(records, name, proc, *, batch_size, workers, batches, warmup,
     it = iter(loader)
     for _ in range(warmup):
         next(it)
-    stamps = [time.perf_counter()]
-    rows = skipped = dropped = tokens = 0
+    stamps, metas, tokens = [time.perf_counter()], [], 0
     for _ in range(batches):
         batch = next(it)
         stamps.append(time.perf_counter())
-        rows += batch.num_rows
+        metas += batch.rows
         tokens += int(batch.attention_mask.sum())
-        skipped += sum(len(r.extra.get("skipped", [])) for r in batch.rows)
-        dropped += sum(r.extra.get("dropped_targets", 0) for r in batch.rows)
     del it, loader  # shuts the workers down
     window = min(window, batches)
     best = window * batch_size / min(stamps[i + window] - stamps[i] for i in range(batches - window + 1))
-    return {"samples_per_s": rows / (stamps[-1] - stamps[0]), "best_samples_per_s": best,
-            "warmup_s": stamps[0] - start, "rows": rows, "skipped": skipped, "dropped_targets": dropped,
-            "tokens_per_row": tokens / max(rows, 1)}
+    return {"samples_per_s": len(metas) / (stamps[-1] - stamps[0]), "best_samples_per_s": best,
+            "warmup_s": stamps[0] - start, "rows": len(metas), "tokens_per_row": tokens / max(len(metas), 1),
+            "skipped": sum(len(m.extra.get("skipped", [])) for m in metas),
+            "dropped_targets": sum(m.extra.get("dropped_targets", 0) for m in metas)}
 
 
 def _train_step(model, opt, batch, cfg: Config, device: str) -> tuple[float, float]:
     """One forward + compute_losses + backward + optimizer step: (seconds, loss)."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     t = time.perf_counter()
     loss = compute_losses(model, model(batch), batch, cfg.train.loss)
     loss.total.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t, float(loss.total.detach())
 
 
 def measure_training(cfg: Config, batches: list, *, steps: int, warmup: int, device: str) -> dict:
     """Samples/s of forward + compute_losses + backward + AdamW step of the config's model."""
     torch.manual_seed(cfg.train.seed)
-    model = build_pixellm(cfg.model, device=device)
-    model.train()
+    model = build_pixellm(cfg.model, device=device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
     batches = [b.to(device) for b in batches]
@@ -210,8 +186,7 @@ def measure_training(cfg: Config, batches: list, *, steps: int, warmup: int, dev
     rows = sum(batches[i % len(batches)].num_rows for i in range(warmup, warmup + steps))
     return {"samples_per_s": rows / sum(times), "best_samples_per_s": batches[0].num_rows / min(times),
             "step_s": statistics.mean(times), "step_s_min": min(times), "step_s_max": max(times),
-            "steps": steps, "trainable": sum(p.numel() for p in params),
-            "loss_first": losses[0], "loss_last": losses[-1]}
+            "steps": steps, "trainable": sum(p.numel() for p in params), "loss_first": losses[0], "loss_last": losses[-1]}
 
 
 def _stage_seconds(rec: QARecord, proc: PixelLMProcessor) -> list[float]:
@@ -232,17 +207,15 @@ def _stage_seconds(rec: QARecord, proc: PixelLMProcessor) -> list[float]:
 
 def profile_loader(records: list[QARecord], proc: PixelLMProcessor, *, samples: int, batch_size: int,
                    seed: int) -> dict[str, float]:
-    """Mean microseconds per sample of each processor stage (single process), of the real call,
-    of collate and of the worker->main hand-over of the collated batches."""
+    """Mean microseconds per sample of each processor stage, the real call, collate and hand-over."""
     rng = np.random.default_rng(seed)
     chosen = [records[int(i)] for i in rng.integers(len(records), size=samples)]
     stages = np.sum([_stage_seconds(rec, proc) for rec in chosen], axis=0)
     built, whole = _seconds(lambda: [proc(rec) for rec in chosen])
     batches, collate_s = _seconds(lambda: [collate(built[i : i + batch_size], pad_id=proc.tokenizer.pad_token_id)
                                            for i in range(0, len(built), batch_size)])
-    # what a DataLoader worker pays to hand a batch to the main process: every tensor storage is
-    # moved to shared memory and its file descriptor passed over a socket (dumps: worker side,
-    # loads: main process side)
+    # a worker's hand-over of a batch to the main process: each tensor storage moved to shared
+    # memory and its file descriptor sent over a socket (dumps: worker side, loads: main side)
     _, ipc = _seconds(lambda: [pickle.loads(ForkingPickler.dumps(b)) for b in batches])
     seconds = {**dict(zip(STAGES, stages, strict=True)), "collate (per sample)": collate_s,
                "processor __call__ as a whole": whole, "worker->main IPC of the batch": ipc}
@@ -261,10 +234,8 @@ def _tensors(obj) -> list[torch.Tensor]:
     """Every tensor reachable from a Batch (its own fields and its rows' metadata)."""
     if isinstance(obj, torch.Tensor):
         return [obj]
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [t for x in obj for t in _tensors(x)]
+    if isinstance(obj, (list, tuple, dict)):
+        return [t for x in (obj.values() if isinstance(obj, dict) else obj) for t in _tensors(x)]
     if hasattr(obj, "__dataclass_fields__"):
         return [t for f in obj.__dataclass_fields__ for t in _tensors(getattr(obj, f))]
     return []
@@ -291,11 +262,9 @@ def load_sources(args, cfg: Config, work: Path) -> dict[str, list[QARecord]]:
         synth_root, args.synthetic_images, 0, 0, size=cfg.data.synthetic.image_size, seed=args.seed, progress=False))
     muse_ann, muse_images = timed(f"MUSE fixture ({args.muse_images} images)", lambda: write_muse_fixture(
         work / "muse", args.muse_images, args.muse_questions, seed=args.seed))
-    return {
-        "muse": timed("load_muse", lambda: load_muse(muse_ann, muse_images, "train")),
-        "custom/synthetic": timed("load_custom", lambda: load_custom(synth_root / "train.jsonl", synth_root,
-                                                                     source="synthetic:train")),
-    }
+    return {"muse": timed("load_muse", lambda: load_muse(muse_ann, muse_images, "train")),
+            "custom/synthetic": timed("load_custom", lambda: load_custom(
+                synth_root / "train.jsonl", synth_root, source="synthetic:train"))}
 
 
 def measure_all(args, cfg: Config, proc: PixelLMProcessor, sources: dict) -> tuple[dict, dict]:
@@ -312,8 +281,6 @@ def measure_all(args, cfg: Config, proc: PixelLMProcessor, sources: dict) -> tup
 
 
 # ----------------------------------------------------------------------------- report
-
-
 def print_table(args, cfg: Config, proc: PixelLMProcessor, sources: dict, loader_rows: dict, train: dict,
                 load_at_start: float) -> None:
     threads = torch.get_num_threads()
@@ -326,8 +293,7 @@ def print_table(args, cfg: Config, proc: PixelLMProcessor, sources: dict, loader
     print("# samples/s: steady-state mean; best: fastest window of 5 batches (loader) / fastest step (training)\n")
     header = (f"{'':<18} {'records':>7} {'workers':>7} {'samples/s':>10} {'best':>8} {'start-up s':>10} "
               f"{'tok/row':>7} {'skipped':>7} {'dropped':>7} {'vs train':>8} {'best/best':>9}")
-    print(header)
-    print("-" * len(header))
+    print(header, "-" * len(header), sep="\n")
     tr, tb = train["samples_per_s"], train["best_samples_per_s"]
     for (name, workers), r in loader_rows.items():
         print(f"{name:<18} {len(sources[name]):>7} {workers:>7} {r['samples_per_s']:>10.1f} "
@@ -339,8 +305,7 @@ def print_table(args, cfg: Config, proc: PixelLMProcessor, sources: dict, loader
 
 
 def print_ratios(sources: dict, loader_rows: dict, train: dict, bs: int) -> list[str]:
-    """The training step summary and each source's loader/training ratio; returns the sources
-    whose ratio (mean or best) is below REQUIRED_RATIO."""
+    """Training step summary, loader/training ratios; returns the sources below REQUIRED_RATIO."""
     if train["step_s_max"] > 2 * train["step_s_min"]:
         print("warning: training step times vary more than 2x: other jobs are competing for the CPU")
     print(f"training step: mean {train['step_s']:.3f}s (min {train['step_s_min']:.3f}, max {train['step_s_max']:.3f}) "
@@ -351,12 +316,11 @@ def print_ratios(sources: dict, loader_rows: dict, train: dict, bs: int) -> list
         w = 2 if (name, 2) in loader_rows else max(k for n, k in loader_rows if n == name)
         r = loader_rows[name, w]
         mean, best = r["samples_per_s"] / train["samples_per_s"], r["best_samples_per_s"] / train["best_samples_per_s"]
-        verdict = "PASS" if min(mean, best) >= REQUIRED_RATIO else "FAIL"
-        verdict = f"  (requirement >= {REQUIRED_RATIO:g} on both: {verdict})" if name == "custom/synthetic" else ""
+        ok = min(mean, best) >= REQUIRED_RATIO
+        verdict = f"  (requirement >= {REQUIRED_RATIO:g} on both: {'PASS' if ok else 'FAIL'})"
         print(f"ratio {name} loader ({w} workers) / training: {mean:.1f}x (mean rates), "
-              f"{best:.1f}x (best rates){verdict}")
-        if min(mean, best) < REQUIRED_RATIO:
-            low.append(name)
+              f"{best:.1f}x (best rates){verdict if name == 'custom/synthetic' else ''}")
+        low += [] if ok else [name]
     return low
 
 
@@ -382,10 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to try (default 0 2)")
     ap.add_argument("--train-steps", type=int, default=8, help="timed training steps (default 8, after 2 warm-up)")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads of this process (training, 0-worker loading); 0 = torch's "
-                         "default. Default 1: the tiny model's ops are too small to gain from a second thread, "
-                         "and with other jobs on the machine a 2-thread step varies 0.25-10 s (OpenMP "
-                         "oversubscription) while a 1-thread step stays near its quiet-machine time")
+                    help="torch threads of this process (0 = torch's default); 1 keeps timings steady on a shared machine")
     ap.add_argument("--device", default="cpu", help="device of the training measurement (default cpu)")
     ap.add_argument("--profile", action="store_true", help="per-stage loader profile (automatic when a ratio < 5)")
     ap.add_argument("--profile-samples", type=int, default=400)
