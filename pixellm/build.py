@@ -108,8 +108,14 @@ def _make_config(cfg: ModelConfig, llava: LlavaForConditionalGeneration, tokeniz
         settings=cfg, llava=llava.config.to_dict(), seg_tokens=tokens, seg_token_ids=seg_ids,
         image_token_id=image_id, image_size=image_size,
         num_image_tokens=(cfg.image_token_pool or grid) ** 2,
-        template=ChatTemplate() if cfg.system_prompt is None else ChatTemplate(system=cfg.system_prompt),
+        template=_template(cfg),
     )
+
+
+def _template(cfg: ModelConfig) -> ChatTemplate:
+    """LLaVA-1.5's template, with the configured system prompt and image placement."""
+    system = {} if cfg.system_prompt is None else {"system": cfg.system_prompt}
+    return ChatTemplate(question_first=cfg.question_first, **system)
 
 
 @torch.no_grad()

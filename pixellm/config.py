@@ -102,6 +102,8 @@ class ModelConfig:
         "LLM attention kernel; auto = flash_attention_2 on CUDA when installed, else sdpa.", "auto"
     )
     system_prompt: str | None = _help("Chat system prompt; None = LLaVA-1.5's own.", None)
+    question_first: bool = _help(
+        "Put the image after the question so image tokens see it (models trained from scratch only).", False)
     lora: LoraSettings = _help("LoRA settings.", factory=LoraSettings)
     decoder: DecoderSettings = _help("Pixel decoder settings.", factory=DecoderSettings)
     tiny: TinySizes = _help("Sizes of the tiny preset.", factory=TinySizes)

@@ -20,15 +20,21 @@ class ChatTemplate:
     system: str = LLAVA_V1_SYSTEM
     user: str = "USER"
     assistant: str = "ASSISTANT"
+    question_first: bool = False
 
     def prompt(self, question: str, with_image: bool = True) -> str:
         """Text before the answer: system, user turn (image first), assistant tag.
 
+        question_first puts the image after the question: a causal LLM's image tokens can then
+        attend to the question (only for LLMs trained that way; LLaVA-1.5 weights expect image first).
         The answer is appended as " " + answer + EOS, so the first answer token starts a word.
         """
-        image = f"{IMAGE_TOKEN}\n" if with_image else ""
         system = f"{self.system} " if self.system else ""
-        return f"{system}{self.user}: {image}{question} {self.assistant}:"
+        if not with_image:
+            return f"{system}{self.user}: {question} {self.assistant}:"
+        if self.question_first:
+            return f"{system}{self.user}: {question}\n{IMAGE_TOKEN} {self.assistant}:"
+        return f"{system}{self.user}: {IMAGE_TOKEN}\n{question} {self.assistant}:"
 
     def answer(self, answer: str) -> str:
         return f" {answer}"
