@@ -23,7 +23,7 @@ class ChatTemplate:
     question_first: bool = False
 
     def prompt(self, question: str, with_image: bool = True) -> str:
-        """Text before the answer: system, user turn (image first), assistant tag.
+        """Text before the answer: system, user turn (image, then question), assistant tag.
 
         question_first puts the image after the question: a causal LLM's image tokens can then
         attend to the question (only for LLMs trained that way; LLaVA-1.5 weights expect image first).

@@ -66,7 +66,7 @@ class PixelLMProcessor:
         """BOS + template prompt with `<image>` expanded to num_image_tokens image-token ids."""
         prompt = self.config.template.prompt(question, with_image=True)
         before, after = prompt.split(IMAGE_TOKEN, 1)
-        if self._prefix is None or self._prefix[0] != before:  # system prompt + image block: the same every time
+        if self._prefix is None or self._prefix[0] != before:  # system + image block: the same every time (unless question_first)
             bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
             image = [self.config.image_token_id] * self.config.num_image_tokens
             self._prefix = (before, bos + self._ids(before) + image)
