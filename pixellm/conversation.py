@@ -30,11 +30,9 @@ class ChatTemplate:
         The answer is appended as " " + answer + EOS, so the first answer token starts a word.
         """
         system = f"{self.system} " if self.system else ""
-        if not with_image:
-            return f"{system}{self.user}: {question} {self.assistant}:"
-        if self.question_first:
-            return f"{system}{self.user}: {question}\n{IMAGE_TOKEN} {self.assistant}:"
-        return f"{system}{self.user}: {IMAGE_TOKEN}\n{question} {self.assistant}:"
+        if with_image:
+            question = f"{question}\n{IMAGE_TOKEN}" if self.question_first else f"{IMAGE_TOKEN}\n{question}"
+        return f"{system}{self.user}: {question} {self.assistant}:"
 
     def answer(self, answer: str) -> str:
         return f" {answer}"

@@ -104,26 +104,25 @@ def test_image_token_expanded_to_num_image_tokens(proc):
     assert int((proc.encode_prompt(QUESTION) == cfg.image_token_id).sum()) == cfg.num_image_tokens
 
 
-def test_question_first_puts_the_image_block_after_the_question(tmp_path):
+def test_question_first_puts_the_image_block_after_the_question(proc, tmp_path):
     from conftest import build_tiny
 
     from pixellm.modeling.pixellm import PixelLM
 
     model = build_tiny(question_first=True, system_prompt="")
     model.save_pretrained(tmp_path)  # the layout is part of the saved model: eval/inference follow it
-    proc = PixelLMProcessor.from_model(PixelLM.from_pretrained(tmp_path))
-    assert proc.config.template.question_first
-    ids = proc.prompt_ids(QUESTION)
-    is_image = [i == proc.config.image_token_id for i in ids]
+    qf = PixelLMProcessor.from_model(PixelLM.from_pretrained(tmp_path))
+    assert qf.config.template.question_first
+    ids = qf.prompt_ids(QUESTION)
+    is_image = [i == qf.config.image_token_id for i in ids]
     start = is_image.index(True)
-    assert sum(is_image) == proc.config.num_image_tokens and all(is_image[start : start + sum(is_image)])
-    before = proc.tokenizer.decode(ids[:start])
-    after = proc.tokenizer.decode(ids[start + sum(is_image):])
+    assert sum(is_image) == qf.config.num_image_tokens and all(is_image[start : start + sum(is_image)])
+    before = qf.tokenizer.decode(ids[:start])
+    after = qf.tokenizer.decode(ids[start + sum(is_image):])
     assert QUESTION in before and "ASSISTANT:" in after and QUESTION not in after
-    default = PixelLMProcessor.from_model(build_tiny())  # LLaVA-1.5's order: image, then question
-    ids = default.prompt_ids(QUESTION)
-    last_image = max(i for i, t in enumerate(ids) if t == default.config.image_token_id)
-    assert QUESTION in default.tokenizer.decode(ids[last_image + 1:])
+    ids = proc.prompt_ids(QUESTION)  # the default: LLaVA-1.5's order, image then question
+    last_image = max(i for i, t in enumerate(ids) if t == proc.config.image_token_id)
+    assert QUESTION in proc.tokenizer.decode(ids[last_image + 1:])
 
 
 @pytest.mark.parametrize("answer, targets", [
