@@ -21,6 +21,7 @@ from transformers.utils import is_flash_attn_2_available
 from .config import ConfigError, ModelConfig, build_dataclass
 from .constants import seg_token_strings
 from .conversation import ChatTemplate
+from .modeling.conv_stem import install_conv_patch_embedding
 from .modeling.pixellm import PixelLM, PixelLMConfig
 from .presets import DEFAULT_CHECKPOINTS, PRESETS
 from .tokenization import add_codebook_tokens, build_tiny_tokenizer, ensure_image_token
@@ -56,7 +57,10 @@ def random_tiny_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> L
     # room for the codebook tokens added after this
     vocab = len(tokenizer) + cfg.num_scales * cfg.tokens_per_scale
     llava_cfg = PRESETS["tiny"](cfg, vocab_size=vocab, image_token_id=image_id)
-    return LlavaForConditionalGeneration._from_config(llava_cfg, attn_implementation=resolve_attn_implementation(cfg.attn_implementation))
+    llava = LlavaForConditionalGeneration._from_config(llava_cfg, attn_implementation=resolve_attn_implementation(cfg.attn_implementation))
+    if cfg.tiny.vision_conv_stem:
+        install_conv_patch_embedding(llava.model.vision_tower)
+    return llava
 
 
 def build_pixellm(
@@ -193,6 +197,9 @@ def build_skeleton(config: PixelLMConfig, tokenizer_dir: str | Path, *, device: 
         llava = LlavaForConditionalGeneration._from_config(
             llava_cfg, attn_implementation=resolve_attn_implementation(config.settings.attn_implementation, device)
         )
+    s = config.settings
+    if s.preset == "tiny" and s.llava_path is None and s.tiny.vision_conv_stem:  # built by random_tiny_llava
+        install_conv_patch_embedding(llava.model.vision_tower)
     model = PixelLM(config=config, llava=llava)
     setup_trainable(model)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)

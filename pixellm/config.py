@@ -39,6 +39,7 @@ class TinySizes:
     vision_layers: int = _help("CLIP encoder layers.", 3)
     vision_heads: int = _help("CLIP attention heads.", 4)
     patch_size: int = _help("CLIP patch size in pixels.", 8)
+    vision_conv_stem: bool = _help("Add a stride-2 conv stem to CLIP's patchify layer (modeling/conv_stem.py).", False)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads or self.vision_hidden_size % self.vision_heads:
@@ -175,6 +176,7 @@ class TrainConfig:
     output_dir: str = _help("Run folder (checkpoints, logs).", "outputs/run")
     seed: int = _help("Random seed.", 0)
     lr: float = _help("Peak learning rate.", 3e-4)
+    vision_lr: float | None = _help("Peak learning rate of a trainable vision tower (None = lr).", None)
     weight_decay: float = _help("AdamW weight decay.", 0.0)
     betas: list[float] = _help("AdamW betas.", factory=lambda: [0.9, 0.95])
     batch_size: int = _help("Micro-batch size per device.", 2)

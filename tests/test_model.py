@@ -165,3 +165,34 @@ def test_other_input_size_uses_position_embedding_interpolation():
 def test_attention_implementation_is_sdpa_on_cpu_unless_overridden():
     assert resolve_attn_implementation("auto", "cpu") == "sdpa"
     assert resolve_attn_implementation("eager", "cpu") == "eager"
+
+
+def test_vision_conv_stem_trains_saves_and_reloads(tmp_path):
+    from pixellm.config import TinySizes
+    from pixellm.modeling.conv_stem import ConvPatchEmbedding
+
+    model = build_tiny(seed=5, train_vision=True, tiny=TinySizes(vision_conv_stem=True))
+    embed = model.vision_tower.embeddings.patch_embedding
+    assert isinstance(embed, ConvPatchEmbedding)
+    assert not embed.proj.weight.any()  # starts as the plain patchify tower
+    with torch.no_grad():  # a grown stem, so every stem weight is in the graph
+        embed.proj.weight.normal_(0, 0.05)
+    assert model.config.num_image_tokens == build_tiny().config.num_image_tokens  # same 8x8 grid
+    batch = make_batch(model, [f"red {SEG} and blue {SEG}."])
+    loss = compute_losses(model, model(batch), batch, LossWeights())
+    loss.total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in embed.stem.parameters())
+
+    model.eval().save_pretrained(tmp_path / "m")
+    loaded = PixelLM.from_pretrained(tmp_path / "m").eval()
+    assert isinstance(loaded.vision_tower.embeddings.patch_embedding, ConvPatchEmbedding)
+    with torch.no_grad():
+        assert torch.equal(model(batch).mask_logits[0], loaded(batch).mask_logits[0])
+
+
+def test_conv_patch_embedding_needs_a_power_of_two_patch():
+    from pixellm.modeling.conv_stem import ConvPatchEmbedding
+
+    assert ConvPatchEmbedding(32, 8)(torch.zeros(2, 3, 64, 64)).shape == (2, 32, 8, 8)
+    with pytest.raises(ValueError, match="power-of-two patch size, got 14"):
+        ConvPatchEmbedding(32, 14)
