@@ -51,6 +51,11 @@ def load_llava(
     return llava.to(device), AutoTokenizer.from_pretrained(path)
 
 
+def is_random_tiny(cfg: ModelConfig) -> bool:
+    """Built by `random_tiny_llava` (the tiny preset without a checkpoint), not loaded."""
+    return cfg.preset == "tiny" and cfg.llava_path is None
+
+
 def random_tiny_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaForConditionalGeneration:
     """A random LLaVA of the tiny preset's sizes for `tokenizer` (seed torch before calling)."""
     image_id = ensure_image_token(tokenizer)
@@ -77,7 +82,7 @@ def build_pixellm(
     no `llava_path` is set, else the llava-hf checkpoint at `cfg.llava_path` (or the preset's).
     """
     if llava is None:
-        if cfg.preset == "tiny" and cfg.llava_path is None:
+        if is_random_tiny(cfg):
             tokenizer = tokenizer or build_tiny_tokenizer()
             llava = random_tiny_llava(cfg, tokenizer)
         else:
@@ -197,8 +202,7 @@ def build_skeleton(config: PixelLMConfig, tokenizer_dir: str | Path, *, device: 
         llava = LlavaForConditionalGeneration._from_config(
             llava_cfg, attn_implementation=resolve_attn_implementation(config.settings.attn_implementation, device)
         )
-    s = config.settings
-    if s.preset == "tiny" and s.llava_path is None and s.tiny.vision_conv_stem:  # built by random_tiny_llava
+    if is_random_tiny(config.settings) and config.settings.tiny.vision_conv_stem:  # as random_tiny_llava built it
         install_conv_patch_embedding(llava.model.vision_tower)
     model = PixelLM(config=config, llava=llava)
     setup_trainable(model)

@@ -176,7 +176,6 @@ class TrainConfig:
     output_dir: str = _help("Run folder (checkpoints, logs).", "outputs/run")
     seed: int = _help("Random seed.", 0)
     lr: float = _help("Peak learning rate.", 3e-4)
-    vision_lr: float | None = _help("Peak learning rate of a trainable vision tower (None = lr).", None)
     weight_decay: float = _help("AdamW weight decay.", 0.0)
     betas: list[float] = _help("AdamW betas.", factory=lambda: [0.9, 0.95])
     batch_size: int = _help("Micro-batch size per device.", 2)
