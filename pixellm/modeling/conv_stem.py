@@ -39,8 +39,7 @@ class ConvPatchEmbedding(nn.Module):
             cin = cout
         self.stem = nn.Sequential(*layers)
         self.proj = nn.Conv2d(cin, hidden_size, 1)
-        # zero-initialised: training starts from the plain patchify tower and grows the stem in
-        # (a randomly initialised branch at full strength stalled the mask losses)
+        # zero: training starts from the plain patchify tower and grows the stem in
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
@@ -55,7 +54,7 @@ class ConvPatchEmbedding(nn.Module):
 
 def install_conv_patch_embedding(vision_tower: nn.Module) -> None:
     """Replace a transformers CLIP tower's patchify layer with a ConvPatchEmbedding (in place)."""
-    embeddings = vision_tower.embeddings if hasattr(vision_tower, "embeddings") else vision_tower.vision_model.embeddings
+    embeddings = vision_tower.embeddings  # transformers 5 LLaVA: the tower is the CLIP transformer
     old = embeddings.patch_embedding
     new = ConvPatchEmbedding(old.out_channels, old.kernel_size[0])
     embeddings.patch_embedding = new.to(device=old.weight.device, dtype=old.weight.dtype)
