@@ -6,8 +6,10 @@ Convolutions Help Transformers See Better", 2021) make ViTs trained from scratch
 Measured on the synthetic demo (2000 steps), a linear probe on the LLM's image tokens read the
 shape under a token at 58% with the patchify layer alone and at 87% with this stem added (colour
 99.7% both ways). A stem without the patchify branch lost the colours (23% after 1000 steps), so
-both branches are summed; a stem added at full strength from step 0 stalled the mask losses, so
-its output projection starts at zero.
+both branches are summed. Its output projection starts at zero, so training starts from the plain
+patchify tower: the one run with the stem at full strength from step 0 ended with the Dice loss
+stuck near 0.2 (a plateau that 1 of 4 runs with the zero start hit too, so one run does not
+settle which start is better).
 Pretrained CLIP towers keep their own patchify layer: this is a `tiny` preset option only.
 """
 
@@ -39,7 +41,7 @@ class ConvPatchEmbedding(nn.Module):
             cin = cout
         self.stem = nn.Sequential(*layers)
         self.proj = nn.Conv2d(cin, hidden_size, 1)
-        # zero: training starts from the plain patchify tower and grows the stem in
+        # zero: start from the plain patchify tower and grow the stem in (module docstring)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
