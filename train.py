@@ -76,7 +76,7 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
         engine.train()
         for _ in range(cfg.train.grad_accum):
             batch = next(loader).to(dist.device)
-            output = engine(batch)
+            output = engine(batch, output_layer_states=cfg.train.loss.region_words > 0)
             loss = compute_losses(engine.module, output, batch, cfg.train.loss)
             engine.backward(loss.total)
             engine.step()

@@ -169,6 +169,11 @@ class LossWeights:
     bce: float = _help("Mask BCE weight (with target refinement weighting).", 2.0)
     dice: float = _help("Mask Dice weight.", 0.5)
     refine_alpha: float = _help("Pixel weight where >= 2 predicted masks of a question overlap.", 2.0)
+    region_words: float = _help(
+        "Region-word loss weight: image tokens under a target mask predict the words naming it "
+        "(pixellm/region_words.py); 0 = off.", 0.0)
+    region_words_layer: int = _help("LLM layer whose image-token states the region-word loss reads "
+                                    "(0 = embeddings, -1 = last).", -1)
 
 
 @dataclass

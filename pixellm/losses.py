@@ -10,20 +10,24 @@ from torch import nn
 
 from .config import LossWeights
 from .constants import IGNORE_INDEX
+from .region_words import filler_token_ids, region_word_loss
 
 
 @dataclass
 class LossOutput:
-    """total = ce_w * ce + bce_w * bce + dice_w * dice (all scalars); num_masks over the batch."""
+    """total = ce_w * ce + bce_w * bce + dice_w * dice (+ region_w * region) (all scalars);
+    num_masks over the batch; region is None when the region-word loss is off."""
 
     total: torch.Tensor
     ce: torch.Tensor
     bce: torch.Tensor
     dice: torch.Tensor
     num_masks: int
+    region: torch.Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "ce", "bce", "dice")}
+        names = ("total", "ce", "bce", "dice") + (("region",) if self.region is not None else ())
+        return {k: float(getattr(self, k).detach()) for k in names}
 
 
 def text_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
@@ -101,4 +105,26 @@ def compute_losses(model, output, batch, weights: LossWeights) -> LossOutput:
     anchor = sum(lg.sum() for lg in output.mask_logits) * 0.0 if n == 0 else 0.0
     ce = ce if ce is not None else output.hidden_states.sum() * 0.0
     total = weights.ce * ce + weights.bce * bce + weights.dice * dice + anchor
-    return LossOutput(total=total, ce=ce.detach(), bce=bce.detach(), dice=dice.detach(), num_masks=n)
+    region = None
+    if weights.region_words > 0 and batch.labels is not None:
+        region = region_loss(model, output, batch, weights.region_words_layer)
+        total = total + weights.region_words * region
+    return LossOutput(total=total, ce=ce.detach(), bce=bce.detach(), dice=dice.detach(), num_masks=n,
+                      region=None if region is None else region.detach())
+
+
+def region_loss(model, output, batch, layer: int) -> torch.Tensor:
+    """The region-word loss on `layer`'s image-token states (zero, kept in the graph, when no
+    token of the batch lies under a target)."""
+    if output.layer_states is None:
+        raise ValueError("the region-word loss needs the model run with output_layer_states=True")
+    last = len(output.layer_states) - 1
+    layer = layer % (last + 1)
+    # transformers returns the last entry after the final norm; the others need it (logit lens)
+    hidden, norm = ((output.hidden_states, nn.Identity()) if layer == last
+                    else (output.layer_states[layer], model.language_model.norm))
+    if getattr(model, "_filler_ids", None) is None:  # once per model: a pass over the vocabulary
+        model._filler_ids = filler_token_ids(model.tokenizer)
+    loss = region_word_loss(hidden, batch, output.codebook_groups, model.config.image_token_id, model.lm_head,
+                            norm, ignore=model._filler_ids)
+    return loss if loss is not None else hidden.sum() * 0.0

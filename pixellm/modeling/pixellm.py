@@ -43,11 +43,15 @@ class PixelLMConfig:
 class PixelLMOutput:
     """hidden_states: (B, S, H) last LLM layer (after the final norm).
     mask_logits: per row (n_b, R/4, R/4) logits in the padded input frame, in text order.
-    past_key_values: the LLM cache when requested."""
+    past_key_values: the LLM cache when requested.
+    layer_states: the embeddings and every layer's (B, S, H) output (before the final norm) when
+    requested; codebook_groups: per row the (G, K) codebook positions."""
 
     hidden_states: torch.Tensor
     mask_logits: list[torch.Tensor]
     past_key_values: object | None = None
+    layer_states: tuple[torch.Tensor, ...] | None = None
+    codebook_groups: list[torch.Tensor] | None = None
 
 
 class PixelLM(nn.Module):
@@ -113,13 +117,14 @@ class PixelLM(nn.Module):
         feats = image_tokens[image_index].to(embeds.dtype)  # (B, T, H)
         return embeds.masked_scatter(is_image.unsqueeze(-1), feats)
 
-    def forward(self, batch: Batch, *, past_key_values=None, use_cache: bool = False) -> PixelLMOutput:
+    def forward(self, batch: Batch, *, past_key_values=None, use_cache: bool = False,
+                output_layer_states: bool = False) -> PixelLMOutput:
         """Teacher-forced pass: text hidden states and one mask per codebook group in each row."""
         vision = self.encode_images(batch.pixel_values)
         embeds = self.embed_inputs(batch.input_ids, vision.llm_tokens, batch.image_index)
         out = self.language_model(
             inputs_embeds=embeds, attention_mask=batch.attention_mask,
-            past_key_values=past_key_values, use_cache=use_cache,
+            past_key_values=past_key_values, use_cache=use_cache, output_hidden_states=output_layer_states,
         )
         hidden = out.last_hidden_state
         groups = [find_codebook_groups(row, self.config.seg_token_ids) for row in batch.input_ids]
@@ -130,7 +135,10 @@ class PixelLM(nn.Module):
         # meaning reaches the decoder directly; generation collects the same states
         seg_hidden = [hidden[b][g - 1] for b, g in enumerate(groups)]  # per row (G, K, H)
         mask_logits = self.decode_masks(seg_hidden, vision, batch.image_index, batch.pixel_values)
-        return PixelLMOutput(hidden_states=hidden, mask_logits=mask_logits, past_key_values=out.past_key_values)
+        return PixelLMOutput(
+            hidden_states=hidden, mask_logits=mask_logits, past_key_values=out.past_key_values,
+            layer_states=out.hidden_states if output_layer_states else None, codebook_groups=groups,
+        )
 
     def decode_masks(
         self, seg_hidden: list[torch.Tensor], vision: VisionFeatures, image_index: torch.Tensor, pixel_values: torch.Tensor
