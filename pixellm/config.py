@@ -105,6 +105,10 @@ class ModelConfig:
     system_prompt: str | None = _help("Chat system prompt; None = LLaVA-1.5's own.", None)
     question_first: bool = _help(
         "Put the image after the question so image tokens see it (models trained from scratch only).", False)
+    query_window: int = _help(
+        "W > 1 adds the mean last-layer state of the W positions before each codebook group to every "
+        "state of the group (1 = the states that predict the codebook tokens alone, as in "
+        "PixelLM/LISA): the phrase's own words then reach every decoder scale.", 1)
     lora: LoraSettings = _help("LoRA settings.", factory=LoraSettings)
     decoder: DecoderSettings = _help("Pixel decoder settings.", factory=DecoderSettings)
     tiny: TinySizes = _help("Sizes of the tiny preset.", factory=TinySizes)
@@ -119,6 +123,8 @@ class ModelConfig:
             )
         if self.image_token_pool is not None and self.image_token_pool < 1:
             raise ConfigError("model.image_token_pool must be >= 1 or null")
+        if self.query_window < 1:
+            raise ConfigError(f"model.query_window must be >= 1, got {self.query_window}")
 
 
 @dataclass

@@ -80,16 +80,17 @@ class _Stepper:
         self.embeds, self.mask = embeds, mask
         self.cache = DynamicCache() if use_cache else None
 
-    def _run(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor, last: int = 1) -> torch.Tensor:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1]:]
         out = self.model.language_model(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
             past_key_values=self.cache, use_cache=self.use_cache,
         )
-        return out.last_hidden_state[:, -1]
+        return out.last_hidden_state[:, -last:].squeeze(1)
 
-    def prefill(self) -> torch.Tensor:
-        return self._run(self.embeds, self.mask)
+    def prefill(self, last: int = 1) -> torch.Tensor:
+        """(B, H) state at the prompt's last position, or (B, last, H) for the last `last` ones."""
+        return self._run(self.embeds, self.mask, last)
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """token: (B,) -> (B, H) hidden state at the new position."""
@@ -130,7 +131,12 @@ def generate(
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     tokens: list[list[int]] = [[] for _ in range(b)]
     states: list[list[torch.Tensor]] = [[] for _ in range(b)]
-    hidden, history = stepper.prefill(), ids
+    # the last W states: [SEG0] is represented by their mean (modeling.pixellm.codebook_states)
+    window_size = model.config.settings.query_window
+    window = stepper.prefill(window_size)
+    window = window if window_size > 1 else window[:, None]
+    hidden, history = window[:, -1], ids
+    context = torch.zeros_like(hidden)  # (B, H) the current group's window mean
     for step in range(config.max_new_tokens):
         group.remaining = config.max_new_tokens - step
         scores = warpers(history, model.lm_head(hidden).float())
@@ -140,7 +146,11 @@ def generate(
             nxt = scores.argmax(-1)
         nxt = torch.where(finished, torch.full_like(nxt, tok.pad_token_id), nxt)
         for i in torch.isin(nxt, seg_ids).nonzero().flatten().tolist():
-            states[i].append(hidden[i])  # the state that predicts a codebook token represents it
+            # the state that predicts a codebook token represents it, plus (W > 1) the mean of
+            # the W states before the group, taken when its [SEG0] comes
+            if window_size > 1 and nxt[i] == seg_ids[0]:
+                context[i] = window[i].mean(0)
+            states[i].append(hidden[i] + context[i] if window_size > 1 else hidden[i])
         finished |= nxt == tok.eos_token_id
         for i in range(b):
             if nxt[i] != tok.pad_token_id and nxt[i] != tok.eos_token_id:
@@ -149,6 +159,7 @@ def generate(
             break
         history = torch.cat([history, nxt[:, None]], 1)
         hidden = stepper.step(nxt)
+        window = torch.cat([window[:, 1:], hidden[:, None]], 1)
     k = len(model.config.seg_token_ids)
     h = model.config.llava["text_config"]["hidden_size"]
     return [

@@ -196,3 +196,15 @@ def test_conv_patch_embedding_needs_a_power_of_two_patch():
     assert ConvPatchEmbedding(32, 8)(torch.zeros(2, 3, 64, 64)).shape == (2, 32, 8, 8)
     with pytest.raises(ValueError, match="power-of-two patch size, got 14"):
         ConvPatchEmbedding(32, 14)
+
+
+def test_codebook_states_take_the_predicting_states_plus_the_window_mean():
+    from pixellm.modeling.pixellm import codebook_states
+
+    hidden = torch.arange(10, dtype=torch.float32)[:, None].repeat(1, 2)  # state p = (p, p)
+    groups = torch.tensor([[4, 5], [8, 9]])  # two groups of K=2
+    plain = codebook_states(hidden, groups, window=1)
+    assert plain[:, :, 0].tolist() == [[3, 4], [7, 8]]
+    wide = codebook_states(hidden, groups, window=3)
+    assert wide[:, :, 0].tolist() == [[3 + 2, 4 + 2], [7 + 6, 8 + 6]]  # + mean of states 1-3 / 5-7
+    assert codebook_states(hidden, groups[:0], window=3).shape == (0, 2, 2)

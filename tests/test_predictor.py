@@ -15,11 +15,12 @@ from pixellm.visualize import overlay
 ANSWER = f"red {SEG_PLACEHOLDER} and blue {SEG_PLACEHOLDER}."
 
 
-@pytest.fixture(scope="module")
-def memorised():
+@pytest.fixture(scope="module", params=[1, 3], ids=["query_window1", "query_window3"])
+def memorised(request):
     """A tiny model trained for a few seconds to answer with two codebook groups."""
-    model = build_tiny(seed=1, train_llm=True)  # a random LLM memorises reliably only when fully trained
-    batch = make_batch(model, [ANSWER])
+    # a random LLM memorises reliably only when fully trained
+    model = build_tiny(seed=1, train_llm=True, query_window=request.param)
+    batch = make_batch(model, [ANSWER] * 3)  # three random images: the answer must not hang on one
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(60):
         loss = compute_losses(model, model(batch), batch, LossWeights())
@@ -103,3 +104,25 @@ def test_overlay_draws_each_mask_in_its_colour(image):
     orig = np.asarray(image)[:10, :10].astype(int)
     assert not np.array_equal(px, orig)
     assert np.array_equal(np.asarray(out)[20:40, 20:50], np.asarray(image)[20:40, 20:50])
+
+
+def test_generated_codebook_states_equal_the_teacher_forced_ones(memorised, image):
+    """The states handed to the decoder (with any query_window) match a teacher-forced pass."""
+    from pixellm.generation import GenerationConfig, generate
+    from pixellm.modeling.codebook import find_codebook_groups
+    from pixellm.modeling.pixellm import codebook_states
+
+    model, proc = memorised.model, memorised.processor
+    pixels, meta = proc.preprocess_image(image)
+    with torch.no_grad():
+        vision = model.encode_images(pixels[None])
+        out = generate(model, [proc.encode_prompt("Segment the shapes.")], vision, torch.zeros(1, dtype=torch.long),
+                       GenerationConfig(max_new_tokens=40))[0]
+        ids = torch.cat([proc.encode_prompt("Segment the shapes."), torch.tensor(out.token_ids)])[None]
+        batch = Batch(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels[None],
+                      image_index=torch.zeros(1, dtype=torch.long), image_meta=[meta])
+        hidden = model(batch).hidden_states[0]
+    groups = find_codebook_groups(ids[0], model.config.seg_token_ids)
+    assert groups.shape[0] == out.seg_hidden.shape[0] == 2
+    expected = codebook_states(hidden, groups, model.config.settings.query_window)
+    torch.testing.assert_close(out.seg_hidden, expected, atol=1e-4, rtol=1e-4)

@@ -130,10 +130,7 @@ class PixelLM(nn.Module):
         groups = [find_codebook_groups(row, self.config.seg_token_ids) for row in batch.input_ids]
         if batch.masks is not None:
             check_masks_match_groups(groups, batch.masks)
-        # each codebook token is represented by the state that predicts it (the position before
-        # it), as in PixelLM/LISA: for [SEG0] that is the phrase's last word, so the phrase's
-        # meaning reaches the decoder directly; generation collects the same states
-        seg_hidden = [hidden[b][g - 1] for b, g in enumerate(groups)]  # per row (G, K, H)
+        seg_hidden = [codebook_states(hidden[b], g, self.config.settings.query_window) for b, g in enumerate(groups)]
         mask_logits = self.decode_masks(seg_hidden, vision, batch.image_index, batch.pixel_values)
         return PixelLMOutput(
             hidden_states=hidden, mask_logits=mask_logits, past_key_values=out.past_key_values,
@@ -168,6 +165,23 @@ class PixelLM(nn.Module):
         from ..build import load_pixellm
 
         return load_pixellm(path, device=device, dtype=dtype)
+
+
+def codebook_states(hidden: torch.Tensor, groups: torch.Tensor, window: int) -> torch.Tensor:
+    """The states that represent one row's codebook groups: (S, H) states, (G, K) positions -> (G, K, H).
+
+    Each codebook token is represented by the state that predicts it (the position before it), as
+    in PixelLM/LISA; for [SEG0] that is the phrase's last word. With `window` W > 1, every state of
+    a group also gets the mean of the W states before the group added, so the phrase's other
+    words (a colour before a shape) reach every decoder scale without the LLM having to learn to
+    move them into the codebook positions first. Generation collects the same states
+    (generation.py).
+    """
+    states = hidden[groups - 1]
+    if window > 1 and groups.shape[0]:
+        span = groups[:, :1] - torch.arange(1, window + 1, device=groups.device)  # (G, W)
+        states = states + hidden[span.clamp(min=0)].mean(1, keepdim=True)
+    return states
 
 
 def check_masks_match_groups(groups: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
