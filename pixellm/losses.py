@@ -123,8 +123,6 @@ def region_loss(model, output, batch, layer: int) -> torch.Tensor:
     # transformers returns the last entry after the final norm; the others need it (logit lens)
     hidden, norm = ((output.hidden_states, nn.Identity()) if layer == last
                     else (output.layer_states[layer], model.language_model.norm))
-    if getattr(model, "_filler_ids", None) is None:  # once per model: a pass over the vocabulary
-        model._filler_ids = filler_token_ids(model.tokenizer)
     loss = region_word_loss(hidden, batch, output.codebook_groups, model.config.image_token_id, model.lm_head,
-                            norm, ignore=model._filler_ids)
+                            norm, ignore=filler_token_ids(model.tokenizer))
     return loss if loss is not None else hidden.sum() * 0.0

@@ -11,6 +11,8 @@ carry, and it puts the words for an object's colour and shape on the image token
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,7 @@ FILLER_WORDS = frozenset({"", "the", "a", "an", "and", "of", ",", "."})
 """Tokens that name nothing: they join the phrases of a multi-target answer."""
 
 
+@functools.lru_cache(maxsize=8)  # one pass over the vocabulary per tokenizer
 def filler_token_ids(tokenizer) -> torch.Tensor:
     """Ids of the vocabulary's tokens that decode to a FILLER_WORDS entry (case and spaces aside)."""
     vocab = tokenizer.get_vocab()
@@ -34,7 +37,7 @@ def phrase_token_ids(labels: torch.Tensor, groups: torch.Tensor, ignore: torch.T
 
     labels: (S,) with IGNORE_INDEX outside the answer; groups: (G, K) group positions.
     Returns G unique-id tensors: the answer tokens after the previous group (or from the answer
-    start) up to this group's first codebook token.
+    start) up to this group's first codebook token, less the `ignore` ids (filler words).
     """
     answer = (labels != IGNORE_INDEX).nonzero().flatten()
     start = int(answer[0]) if answer.numel() else 0
