@@ -131,7 +131,8 @@ def generate(
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     tokens: list[list[int]] = [[] for _ in range(b)]
     states: list[list[torch.Tensor]] = [[] for _ in range(b)]
-    # the last W states: [SEG0] is represented by their mean (modeling.pixellm.codebook_states)
+    # the last W states: their mean at a group's [SEG0] joins every state of the group
+    # (modeling.pixellm.codebook_states)
     window_size = model.config.settings.query_window
     window = stepper.prefill(window_size)
     window = window if window_size > 1 else window[:, None]

@@ -119,6 +119,9 @@ def region_loss(model, output, batch, layer: int) -> torch.Tensor:
     if output.layer_states is None:
         raise ValueError("the region-word loss needs the model run with output_layer_states=True")
     last = len(output.layer_states) - 1
+    if not -(last + 1) <= layer <= last:
+        raise ValueError(f"train.loss.region_words_layer={layer} but the LLM has {last} layers "
+                         f"(0 = embeddings, {last} or -1 = last)")
     layer = layer % (last + 1)
     # transformers returns the last entry after the final norm; the others need it (logit lens)
     hidden, norm = ((output.hidden_states, nn.Identity()) if layer == last

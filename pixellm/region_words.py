@@ -69,7 +69,8 @@ def region_word_loss(
 ) -> torch.Tensor | None:
     """Soft-target cross-entropy of the LM head on image tokens covered by a target mask.
 
-    hidden: (B, S, H) one LLM layer's states (before the final norm). groups: per row (G, K).
+    hidden: (B, S, H) one LLM layer's states, which `norm` brings to the LM head's input (the
+    final norm, or identity for the already-normed last layer). groups: per row (G, K).
     A token takes the words of the mask covering the largest share of its cell, if that share is
     at least `min_cover`; the target spreads evenly over those words. Returns None when no token
     of the batch is covered (absent-only batches).

@@ -92,3 +92,10 @@ def _groups(model, batch):
     from pixellm.modeling.codebook import find_codebook_groups
 
     return [find_codebook_groups(row, model.config.seg_token_ids) for row in batch.input_ids]
+
+
+def test_region_loss_layer_out_of_range_is_an_error(tiny_model):
+    batch = _toy_batch(tiny_model, ["The red circle <seg>."])
+    out = tiny_model(batch, output_layer_states=True)
+    with pytest.raises(ValueError, match="region_words_layer=99"):
+        compute_losses(tiny_model, out, batch, LossWeights(region_words=1.0, region_words_layer=99))
