@@ -34,12 +34,14 @@ def text_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) ->
     """Next-token cross-entropy on labelled positions only.
 
     hidden: (B, S, H); labels: (B, S) with IGNORE_INDEX on prompt/image/padding. The LM head runs
-    only on the positions that are scored, which saves the (B, S, vocab) logits tensor.
+    only on the positions that are scored, which saves the (B, S, vocab) logits tensor. With no
+    scored position it still runs, on one state with zero weight: its trainable rows then get a
+    (zero) gradient on every rank, as DeepSpeed's reduction needs.
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     if not keep.any():
-        return hidden.sum() * 0.0
+        return lm_head(hidden[:1, 0]).float().sum() * 0.0
     logits = lm_head(hidden[:, :-1][keep]).float()
     return F.cross_entropy(logits, targets[keep])
 
@@ -95,16 +97,15 @@ def mask_losses(
 
 def compute_losses(model, output, batch, weights: LossWeights) -> LossOutput:
     """All training losses for one batch. Masks are scored at each image's original size."""
-    ce = text_loss(output.hidden_states, batch.labels, model.lm_head) if batch.labels is not None else None
+    labels = batch.labels if batch.labels is not None else torch.full_like(batch.input_ids, IGNORE_INDEX)
+    ce = text_loss(output.hidden_states, labels, model.lm_head)
     logits = [
         model.postprocess_masks(lg, batch.image_meta[int(i)]) for lg, i in zip(output.mask_logits, batch.image_index)
     ]
     bce, dice, n = mask_losses(logits, batch.masks or [], weights.refine_alpha)
-    # keep the decoder in the graph with zero weight when a batch has no target, so every
-    # trainable parameter gets a gradient on every rank (DeepSpeed/DDP reduce them all)
-    anchor = sum(lg.sum() for lg in output.mask_logits) * 0.0 if n == 0 else 0.0
-    ce = ce if ce is not None else output.hidden_states.sum() * 0.0
-    total = weights.ce * ce + weights.bce * bce + weights.dice * dice + anchor
+    # the anchor (zero) keeps the codebook fusion and the decoder in the graph of every batch,
+    # targets or not, so every trainable parameter gets a gradient on every rank
+    total = weights.ce * ce + weights.bce * bce + weights.dice * dice + output.anchor
     region = None
     if weights.region_words > 0 and batch.labels is not None:
         region = region_loss(model, output, batch, weights.region_words_layer)
@@ -114,8 +115,7 @@ def compute_losses(model, output, batch, weights: LossWeights) -> LossOutput:
 
 
 def region_loss(model, output, batch, layer: int) -> torch.Tensor:
-    """The region-word loss on `layer`'s image-token states (zero, kept in the graph, when no
-    token of the batch lies under a target)."""
+    """The region-word loss on `layer`'s image-token states."""
     if output.layer_states is None:
         raise ValueError("the region-word loss needs the model run with output_layer_states=True")
     last = len(output.layer_states) - 1
@@ -126,6 +126,5 @@ def region_loss(model, output, batch, layer: int) -> torch.Tensor:
     # transformers returns the last entry after the final norm; the others need it (logit lens)
     hidden, norm = ((output.hidden_states, nn.Identity()) if layer == last
                     else (output.layer_states[layer], model.language_model.norm))
-    loss = region_word_loss(hidden, batch, output.codebook_groups, model.config.image_token_id, model.lm_head,
+    return region_word_loss(hidden, batch, output.codebook_groups, model.config.image_token_id, model.lm_head,
                             norm, ignore=filler_token_ids(model.tokenizer))
-    return loss if loss is not None else hidden.sum() * 0.0

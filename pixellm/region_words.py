@@ -66,14 +66,16 @@ def mask_cover(masks: torch.Tensor, meta: ImageMeta, input_size: int, grid: int)
 def region_word_loss(
     hidden: torch.Tensor, batch: Batch, groups: list[torch.Tensor], image_token_id: int,
     lm_head: nn.Module, norm: nn.Module, min_cover: float = 0.3, ignore: torch.Tensor | None = None,
-) -> torch.Tensor | None:
+) -> torch.Tensor:
     """Soft-target cross-entropy of the LM head on image tokens covered by a target mask.
 
     hidden: (B, S, H) one LLM layer's states, which `norm` brings to the LM head's input (the
     final norm, or identity for the already-normed last layer). groups: per row (G, K).
     A token takes the words of the mask covering the largest share of its cell, if that share is
-    at least `min_cover`; the target spreads evenly over those words. Returns None when no token
-    of the batch is covered (absent-only batches).
+    at least `min_cover`; the target spreads evenly over those words. When no token of the batch
+    is covered (text-only or absent-only batches) the loss is zero, but `norm` and the LM head
+    still run (on one state): the graph, and what DeepSpeed gathers and reduces, stay the same
+    whatever the batch holds.
     """
     feats, owners, words = [], [], []
     input_size = batch.pixel_values.shape[-1]
@@ -91,7 +93,7 @@ def region_word_loss(
             owners.append(owner[keep] + len(words))
             words.extend(phrase_token_ids(labels, groups[b], ignore))
     if not feats:
-        return None
+        return lm_head(norm(hidden[0, :1])).float().sum() * 0.0
     logits = lm_head(norm(torch.cat(feats))).float()  # (N, V)
     target = torch.zeros(len(words), logits.shape[-1], device=logits.device)
     for j, w in enumerate(words):

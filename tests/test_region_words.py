@@ -63,12 +63,22 @@ def test_region_loss_targets_the_covered_tokens_words(tiny_model):
     assert not grad_rows[~image].any()
 
 
-def test_region_loss_is_none_without_targets(tiny_model):
+def test_region_loss_without_targets_is_zero_and_still_runs_norm_and_head(tiny_model):
+    """A batch with no covered token must run the same modules as one with targets (DeepSpeed
+    reduces, and ZeRO-3 gathers, the same parameters on every rank)."""
     batch = _toy_batch(tiny_model, ["There is no such object."])
     hidden = torch.zeros(1, batch.input_ids.shape[1], tiny_model.lm_head.weight.shape[1])
-    out = region_word_loss(hidden, batch, _groups(tiny_model, batch), tiny_model.config.image_token_id,
-                           tiny_model.lm_head, torch.nn.Identity())
-    assert out is None
+    calls = []
+    norm = torch.nn.Identity()
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in (norm, tiny_model.lm_head)]
+    try:
+        out = region_word_loss(hidden, batch, _groups(tiny_model, batch), tiny_model.config.image_token_id,
+                               tiny_model.lm_head, norm)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert out.item() == 0.0 and out.requires_grad
+    assert calls == [norm, tiny_model.lm_head]
 
 
 @pytest.mark.parametrize("layer", [1, -1])

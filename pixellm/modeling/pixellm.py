@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
-from ..config import ModelConfig
+from ..config import LossWeights, ModelConfig
 from ..conversation import ChatTemplate
 from ..data.batch import Batch, ImageMeta
+from ..losses import LossOutput, compute_losses
 from .codebook import CodebookFusion, find_codebook_groups
 from .pixel_decoder import PixelDecoder, postprocess_masks
 from .vision import VisionFeatures, encode_images
@@ -45,13 +46,19 @@ class PixelLMOutput:
     mask_logits: per row (n_b, R/4, R/4) logits in the padded input frame, in text order.
     past_key_values: the LLM cache when requested.
     layer_states: the embeddings and every layer's (B, S, H) output (before the final norm) when
-    requested; codebook_groups: per row the (G, K) codebook positions."""
+    requested; codebook_groups: per row the (G, K) codebook positions.
+    anchor: a zero scalar that depends on every output of the codebook fusion and the decoder
+    (a placeholder query's too, when the batch has no target); the losses add it, so those
+    parameters are in the graph of every batch, whatever it holds.
+    loss: the training losses, when the forward was given loss weights."""
 
     hidden_states: torch.Tensor
     mask_logits: list[torch.Tensor]
+    anchor: torch.Tensor | None = None
     past_key_values: object | None = None
     layer_states: tuple[torch.Tensor, ...] | None = None
     codebook_groups: list[torch.Tensor] | None = None
+    loss: LossOutput | None = None
 
 
 class PixelLM(nn.Module):
@@ -117,9 +124,16 @@ class PixelLM(nn.Module):
         feats = image_tokens[image_index].to(embeds.dtype)  # (B, T, H)
         return embeds.masked_scatter(is_image.unsqueeze(-1), feats)
 
-    def forward(self, batch: Batch, *, past_key_values=None, use_cache: bool = False,
-                output_layer_states: bool = False) -> PixelLMOutput:
-        """Teacher-forced pass: text hidden states and one mask per codebook group in each row."""
+    def forward(self, batch: Batch, *, loss_weights: LossWeights | None = None, past_key_values=None,
+                use_cache: bool = False, output_layer_states: bool = False) -> PixelLMOutput:
+        """Teacher-forced pass: text hidden states and one mask per codebook group in each row.
+
+        With `loss_weights`, the training losses are computed here too (`output.loss`): inside
+        the forward, every module the losses use (the LM head, the final norm) runs while
+        DeepSpeed ZeRO-3 has its parameters gathered, as part of the engine's forward.
+        """
+        region = loss_weights is not None and loss_weights.region_words > 0
+        output_layer_states = output_layer_states or region
         vision = self.encode_images(batch.pixel_values)
         embeds = self.embed_inputs(batch.input_ids, vision.llm_tokens, batch.image_index)
         out = self.language_model(
@@ -131,25 +145,43 @@ class PixelLM(nn.Module):
         if batch.masks is not None:
             check_masks_match_groups(groups, batch.masks)
         seg_hidden = [codebook_states(hidden[b], g, self.config.settings.query_window) for b, g in enumerate(groups)]
-        mask_logits = self.decode_masks(seg_hidden, vision, batch.image_index, batch.pixel_values)
-        return PixelLMOutput(
-            hidden_states=hidden, mask_logits=mask_logits, past_key_values=out.past_key_values,
+        mask_logits, anchor = self._decode(seg_hidden, vision, batch.image_index, batch.pixel_values)
+        output = PixelLMOutput(
+            hidden_states=hidden, mask_logits=mask_logits, anchor=anchor, past_key_values=out.past_key_values,
             layer_states=out.hidden_states if output_layer_states else None, codebook_groups=groups,
         )
+        if loss_weights is not None:
+            output.loss = compute_losses(self, output, batch, loss_weights)
+        return output
 
     def decode_masks(
         self, seg_hidden: list[torch.Tensor], vision: VisionFeatures, image_index: torch.Tensor, pixel_values: torch.Tensor
     ) -> list[torch.Tensor]:
         """seg_hidden: per row (n_b, K, H) codebook hidden states -> per row (n_b, R/4, R/4) logits."""
+        return self._decode(seg_hidden, vision, image_index, pixel_values)[0]
+
+    def _decode(
+        self, seg_hidden: list[torch.Tensor], vision: VisionFeatures, image_index: torch.Tensor, pixel_values: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-row mask logits and the anchor (PixelLMOutput). The fusion and the decoder run for
+        every batch: with no target at all, on one placeholder query (a zero state on image 0)
+        whose mask is thrown away. So the modules that run, and the order in which they run, never
+        depend on what a batch holds: DeepSpeed reduces the same gradients on every rank, and
+        ZeRO-3 gathers the same parameters on every rank, text-only micro-batches included."""
         counts = [h.shape[0] for h in seg_hidden]
-        hidden = torch.cat(seg_hidden).to(next(self.codebook.parameters()).dtype)
+        dtype = next(self.codebook.parameters()).dtype
+        hidden = torch.cat(seg_hidden).to(dtype)
         target_image = torch.repeat_interleave(image_index, torch.tensor(counts, device=image_index.device))
+        if hidden.shape[0] == 0:
+            hidden = hidden.new_zeros(1, *hidden.shape[1:])
+            target_image = image_index.new_zeros(1)
         size = pixel_values.shape[-1] // 4
         logits = self.decoder(
-            self.codebook(hidden), [f.to(hidden.dtype) for f in vision.scales], target_image, (size, size),
-            images=pixel_values.to(hidden.dtype),
+            self.codebook(hidden), [f.to(dtype) for f in vision.scales], target_image, (size, size),
+            images=pixel_values.to(dtype),
         )
-        return list(logits.split(counts))
+        anchor = logits.sum() * 0.0
+        return list(logits[: sum(counts)].split(counts)), anchor
 
     def postprocess_masks(self, logits: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
         """(n, R/4, R/4) logits -> (n, H, W) logits at the image's original size."""
