@@ -18,9 +18,8 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from pixellm.build import build_pixellm, save_pixellm
+from pixellm.build import save_pixellm
 from pixellm.config import config_to_dict, load_config
-from pixellm.losses import compute_losses
 from pixellm.training.checkpoint import find_resume, load_checkpoint, save_checkpoint
 from pixellm.training.distributed import init_distributed
 from pixellm.training.logger import RunLogger
@@ -28,10 +27,13 @@ from pixellm.training.setup import (
     StepMeter,
     TrainResult,
     build_mixture,
+    build_model,
+    deepspeed_config,
     make_engine,
     make_loader,
     param_checksum,
     seed_everything,
+    seed_rank_streams,
 )
 from pixellm.training.validation import validate
 
@@ -42,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 model.lora.r=16")
+    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="end after N steps of this call without the final checkpoint, as if killed (to test resume)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return p.parse_args(argv)
 
@@ -50,18 +54,20 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
     """Run training; returns this process's per-step losses and the trained model.
     stop_after: end after that many steps of this call, as if killed (tests of resume)."""
     args = parse_args(argv)
+    stop_after = args.stop_after if stop_after is None else stop_after
     cfg = load_config(args.config, args.overrides)
     dist = init_distributed()
     logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING, format="%(message)s")
     out = Path(cfg.train.output_dir)
-    seed_everything(cfg.train.seed, dist.rank)
-
-    model = build_pixellm(cfg.model, device=dist.device)
+    ds_cfg = deepspeed_config(cfg, dist)
+    seed_everything(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg, dist, ds_cfg)
+    seed_rank_streams(cfg.train.seed, dist.rank)  # different dropout on each rank
     if dist.is_main:
         save_pixellm(model, out / "model", weights=False)  # architecture + tokenizer, for export
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     data = build_mixture(cfg, model)
-    engine = make_engine(model, cfg, dist)
+    engine = make_engine(model, cfg, ds_cfg)
     resume = find_resume(cfg.train.resume, out)
     start = load_checkpoint(engine, resume, dist) if resume else 0
     if resume:
@@ -69,26 +75,29 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
     loader = iter(make_loader(data, cfg, dist, start * cfg.train.grad_accum, model.tokenizer.pad_token_id))
     logger = RunLogger(out, enabled=dist.is_main, wandb_mode=cfg.train.wandb_mode,
                        project=cfg.train.wandb_project, config=config_to_dict(cfg))
-    meter, losses, t0 = StepMeter(), [], time.time()
+    meter, losses, grad_norms, t0 = StepMeter(), [], [], time.time()
     bar = tqdm(range(start, cfg.train.max_steps), desc="train", initial=start, total=cfg.train.max_steps,
                disable=not dist.is_main, dynamic_ncols=True)
     for step in bar:
         engine.train()
         for _ in range(cfg.train.grad_accum):
             batch = next(loader).to(dist.device)
-            output = engine(batch, output_layer_states=cfg.train.loss.region_words > 0)
-            loss = compute_losses(engine.module, output, batch, cfg.train.loss)
+            loss = engine(batch, loss_weights=cfg.train.loss).loss  # losses inside the forward (ZeRO-3)
             engine.backward(loss.total)
             engine.step()
             meter.add(loss.as_floats(), batch)
         stats = meter.means()
         rate = meter.samples * dist.world_size / max(time.time() - t0, 1e-9)
         lr = engine.get_lr()[0]
+        grad_norm = engine.get_global_grad_norm()  # before clipping, of the rank-averaged gradient
+        grad_norm = None if grad_norm is None else float(grad_norm)  # a tensor under ZeRO-3
         losses.append(stats["total"])
+        grad_norms.append(grad_norm)
         bar.set_postfix(loss=f"{stats['total']:.3f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
-            logger.log(done, {**stats, "lr": lr, "samples_per_s": rate, "skipped": meter.skipped,
+            norm = {} if grad_norm is None else {"grad_norm": grad_norm}
+            logger.log(done, {**stats, "lr": lr, **norm, "samples_per_s": rate, "skipped": meter.skipped,
                               "dropped_targets": meter.dropped_targets, **{f"n_{k}": v for k, v in meter.sources.items()}})
         meter.reset()
         t0 = time.time()
@@ -102,8 +111,9 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
     if meter.skipped or meter.dropped_targets:
         log.warning("data: %d unusable records skipped, %d targets dropped by truncation", meter.skipped, meter.dropped_targets)
     logger.close()
-    result = TrainResult(losses, engine.module, param_checksum(engine.module))
-    (out / f"summary_rank{dist.rank}.json").write_text(json.dumps({"losses": losses, "checksum": result.checksum}))
+    result = TrainResult(losses, engine.module, param_checksum(engine.module), grad_norms)
+    (out / f"summary_rank{dist.rank}.json").write_text(json.dumps(
+        {"losses": losses, "grad_norms": grad_norms, "checksum": result.checksum}))
     return result
 
 

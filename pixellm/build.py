@@ -23,32 +23,41 @@ from .constants import seg_token_strings
 from .conversation import ChatTemplate
 from .modeling.conv_stem import install_conv_patch_embedding
 from .modeling.pixellm import PixelLM, PixelLMConfig
+from .modeling.zero3 import gathered, partitioned_modules, plain_adapter_setup, zero3_build
 from .presets import DEFAULT_CHECKPOINTS, PRESETS
 from .tokenization import add_codebook_tokens, build_tiny_tokenizer, ensure_image_token
 
 CONFIG_NAME = "pixellm_config.json"
 
 
-def resolve_attn_implementation(setting: str, device: torch.device | str | None = None) -> str:
-    """`auto` -> flash_attention_2 on CUDA when flash-attn is installed, else PyTorch SDPA."""
+def resolve_attn_implementation(
+    setting: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> str:
+    """`auto` -> flash_attention_2 on CUDA in half precision (bf16/fp16, the only dtypes it
+    accepts) when flash-attn is installed, else PyTorch SDPA. `dtype` None means fp32."""
     if setting != "auto":
         return setting
     on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-    return "flash_attention_2" if on_cuda and is_flash_attn_2_available() else "sdpa"
+    half = dtype in (torch.bfloat16, torch.float16)
+    return "flash_attention_2" if on_cuda and half and is_flash_attn_2_available() else "sdpa"
 
 
 def load_llava(
-    cfg: ModelConfig, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    cfg: ModelConfig, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    partitioned: bool = False,
 ) -> tuple[LlavaForConditionalGeneration, PreTrainedTokenizerBase]:
     """A pretrained llava-hf checkpoint (hub id or folder) and its tokenizer, loaded unchanged:
-    its aligned projector is kept. Only the path differs between a tiny test and the 7B model."""
+    its aligned projector is kept. Only the path differs between a tiny test and the 7B model.
+    The weights are read in `dtype` (no fp32 copy first). partitioned: a ZeRO-3 config is active
+    (`zero3_build`): transformers loads each rank's shard only, onto the rank's device."""
     path = cfg.llava_path or DEFAULT_CHECKPOINTS.get(cfg.preset)
     if path is None:
         raise ConfigError(f"model.llava_path is required for preset {cfg.preset!r}")
+    dtype = dtype or torch.float32
     llava = LlavaForConditionalGeneration.from_pretrained(
-        path, dtype=dtype or torch.float32, attn_implementation=resolve_attn_implementation(cfg.attn_implementation, device)
+        path, dtype=dtype, attn_implementation=resolve_attn_implementation(cfg.attn_implementation, device, dtype)
     )
-    return llava.to(device), AutoTokenizer.from_pretrained(path)
+    return (llava if partitioned else llava.to(device)), AutoTokenizer.from_pretrained(path)
 
 
 def is_random_tiny(cfg: ModelConfig) -> bool:
@@ -56,13 +65,16 @@ def is_random_tiny(cfg: ModelConfig) -> bool:
     return cfg.preset == "tiny" and cfg.llava_path is None
 
 
-def random_tiny_llava(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaForConditionalGeneration:
+def random_tiny_llava(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype | None = None
+) -> LlavaForConditionalGeneration:
     """A random LLaVA of the tiny preset's sizes for `tokenizer` (seed torch before calling)."""
     image_id = ensure_image_token(tokenizer)
     # room for the codebook tokens added after this
     vocab = len(tokenizer) + cfg.num_scales * cfg.tokens_per_scale
     llava_cfg = PRESETS["tiny"](cfg, vocab_size=vocab, image_token_id=image_id)
-    llava = LlavaForConditionalGeneration._from_config(llava_cfg, attn_implementation=resolve_attn_implementation(cfg.attn_implementation))
+    attn = resolve_attn_implementation(cfg.attn_implementation, dtype=dtype)
+    llava = LlavaForConditionalGeneration._from_config(llava_cfg, attn_implementation=attn)
     if cfg.tiny.vision_conv_stem:
         install_conv_patch_embedding(llava.model.vision_tower)
     return llava
@@ -75,25 +87,38 @@ def build_pixellm(
     tokenizer: PreTrainedTokenizerBase | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    ds_config: dict | None = None,
 ) -> PixelLM:
     """A trainable PixelLM: tokens added and checked, embeddings resized, LoRA injected.
 
     With no `llava`: the random tiny preset (in-memory tokenizer) when `cfg.preset == "tiny"` and
-    no `llava_path` is set, else the llava-hf checkpoint at `cfg.llava_path` (or the preset's).
+    no `llava_path` is set, else the llava-hf checkpoint at `cfg.llava_path` (or the preset's),
+    read directly in `dtype`.
+    ds_config: the filled DeepSpeed config of the training run. Under ZeRO-3 the checkpoint is
+    loaded partitioned over the ranks and the codebook fusion and pixel decoder are built
+    partitioned, so no rank ever holds the whole model (call it on every rank, after
+    `deepspeed.init_distributed`).
     """
-    if llava is None:
-        if is_random_tiny(cfg):
-            tokenizer = tokenizer or build_tiny_tokenizer()
-            llava = random_tiny_llava(cfg, tokenizer)
-        else:
-            llava, tokenizer = load_llava(cfg, device=device, dtype=dtype)
-    elif tokenizer is None:
-        raise ValueError("pass the tokenizer that goes with `llava`")
-    config = _make_config(cfg, llava, tokenizer)
-    _init_new_token_rows(llava, config.seg_token_ids)
-    model = PixelLM(config=config, llava=llava)
-    setup_trainable(model)
+    with zero3_build(ds_config) as hf_zero3:
+        partitioned = hf_zero3 is not None
+        if llava is None:
+            if is_random_tiny(cfg):
+                tokenizer = tokenizer or build_tiny_tokenizer()
+                llava = random_tiny_llava(cfg, tokenizer, dtype)
+            else:
+                llava, tokenizer = load_llava(cfg, device=device, dtype=dtype, partitioned=partitioned)
+        elif tokenizer is None:
+            raise ValueError("pass the tokenizer that goes with `llava`")
+        config = _make_config(cfg, llava, tokenizer)
+        _init_new_token_rows(llava, config.seg_token_ids)
+        with partitioned_modules(ds_config):
+            model = PixelLM(config=config, llava=llava)
+        with plain_adapter_setup(hf_zero3, [model.language_model.get_input_embeddings().weight, model.lm_head.weight]):
+            setup_trainable(model)
     model.tokenizer = tokenizer
+    model.hf_zero3_config = hf_zero3  # transformers keeps only a weak reference to it (zero3_build)
+    if partitioned:
+        return model  # zero.Init put each shard on this rank's device, in the training dtype
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
@@ -129,11 +154,14 @@ def _template(cfg: ModelConfig) -> ChatTemplate:
 
 @torch.no_grad()
 def _init_new_token_rows(llava: LlavaForConditionalGeneration, ids: list[int]) -> None:
-    """Start each codebook row (input and output embedding) at the mean of the pre-existing rows."""
+    """Start each codebook row (input and output embedding) at the mean of the pre-existing rows
+    (under ZeRO-3 on the gathered weights, written by rank 0 and re-partitioned)."""
     first = min(ids)
-    for weight in (llava.get_input_embeddings().weight, llava.get_output_embeddings().weight):
-        if weight.device.type != "meta":
-            weight[ids] = weight[:first].float().mean(0).to(weight.dtype)
+    weights = [llava.get_input_embeddings().weight, llava.get_output_embeddings().weight]
+    with gathered(weights):
+        for weight in weights:
+            if weight.device.type != "meta":
+                weight[ids] = weight[:first].float().mean(0).to(weight.dtype)
 
 
 def lora_target_regex(targets: list[str]) -> str:
@@ -195,12 +223,16 @@ def read_config(path: str | Path) -> PixelLMConfig:
     return PixelLMConfig(**raw)
 
 
-def build_skeleton(config: PixelLMConfig, tokenizer_dir: str | Path, *, device: str | torch.device = "cpu") -> PixelLM:
-    """The saved architecture with uninitialised weights (to be loaded), and its tokenizer."""
+def build_skeleton(
+    config: PixelLMConfig, tokenizer_dir: str | Path, *, device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> PixelLM:
+    """The saved architecture with uninitialised weights (to be loaded), and its tokenizer.
+    `dtype` is the precision the weights will be used in (it chooses the attention kernel)."""
     llava_cfg = LlavaConfig.from_dict(config.llava)
     with no_init_weights():
         llava = LlavaForConditionalGeneration._from_config(
-            llava_cfg, attn_implementation=resolve_attn_implementation(config.settings.attn_implementation, device)
+            llava_cfg, attn_implementation=resolve_attn_implementation(config.settings.attn_implementation, device, dtype)
         )
     if is_random_tiny(config.settings) and config.settings.tiny.vision_conv_stem:  # as random_tiny_llava built it
         install_conv_patch_embedding(llava.model.vision_tower)
@@ -216,6 +248,6 @@ def build_skeleton(config: PixelLMConfig, tokenizer_dir: str | Path, *, device: 
 
 def load_pixellm(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> PixelLM:
     """Rebuild a saved PixelLM from its folder alone: no flags, no hub access."""
-    model = build_skeleton(read_config(path), path, device=device)
+    model = build_skeleton(read_config(path), path, device=device, dtype=dtype)
     load_torch_model(model, path, strict=True)
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

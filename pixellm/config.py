@@ -197,6 +197,11 @@ class TrainConfig:
     clip_grad: float = _help("Gradient-norm clipping (0 = off).", 1.0)
     precision: Literal["auto", "bf16", "fp32"] = _help("auto = bf16 on CUDA, fp32 on CPU.", "auto")
     gradient_checkpointing: bool = _help("Checkpoint LLM activations.", False)
+    optimizer: Literal["torch", "deepspeed"] = _help(
+        "torch = PyTorch's AdamW through DeepSpeed (fused kernel on CUDA when the optimizer states stay "
+        "on the GPU; nothing to compile); deepspeed = the optimizer the DeepSpeed JSON names as DeepSpeed "
+        "builds it (FusedAdam on GPU, DeepSpeedCPUAdam with optimizer offload), JIT-compiled on first "
+        "use: needs the CUDA toolkit (nvcc) or a C++ compiler.", "torch")
     deepspeed: str = _help("DeepSpeed JSON config.", "ds_configs/zero2.json")
     save_every: int = _help("Checkpoint every N steps (0 = end only).", 0)
     keep_last: int = _help("Checkpoints to keep.", 2)

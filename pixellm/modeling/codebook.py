@@ -35,6 +35,21 @@ def find_codebook_groups(input_ids: torch.Tensor, seg_token_ids: list[int] | tor
     return groups
 
 
+class MeanFusion(nn.Linear):
+    """N concatenated D-wide states -> one D-wide state ((N*D) -> D), starting as their mean.
+
+    The start lives in `reset_parameters`, which runs inside the layer's own constructor: under
+    DeepSpeed's zero.Init the weight is partitioned as soon as the layer is built, so an
+    assignment made later by the parent module would write into an empty shard.
+    """
+
+    def reset_parameters(self) -> None:
+        n = self.in_features // self.out_features
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(self.out_features).repeat(1, n) / n)
+            self.bias.zero_()
+
+
 class CodebookFusion(nn.Module):
     """Hidden states of a group's L*N codebook tokens -> one embedding per scale.
 
@@ -46,11 +61,7 @@ class CodebookFusion(nn.Module):
         super().__init__()
         self.num_scales, self.tokens_per_scale, self.dim = num_scales, tokens_per_scale, dim
         self.proj = Mlp(hidden_size, hidden_size, dim, act_layer=nn.ReLU)
-        self.fuse = nn.ModuleList(nn.Linear(tokens_per_scale * dim, dim) for _ in range(num_scales))
-        with torch.no_grad():
-            for lin in self.fuse:
-                lin.weight.copy_(torch.eye(dim).repeat(1, tokens_per_scale) / tokens_per_scale)
-                lin.bias.zero_()
+        self.fuse = nn.ModuleList(MeanFusion(tokens_per_scale * dim, dim) for _ in range(num_scales))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (T, L*N, H) states in codebook order -> (T, L, D)."""

@@ -59,10 +59,27 @@ def fill_deepspeed_config(template: dict, train: TrainConfig, *, world_size: int
     if "scheduler" in cfg:
         cfg["scheduler"] = _scheduler(train)  # the schedule type follows train.schedule
     cfg = _fill(cfg, values, "")
-    if device.type == "cpu" and "optimizer" in cfg:
-        # DeepSpeed's fused CPU Adam is JIT-compiled on first use; torch's AdamW is equivalent
-        cfg["optimizer"]["params"]["torch_adam"] = True
+    if train.optimizer == "torch" and "optimizer" in cfg:
+        _use_torch_adamw(cfg, device)
     return cfg
+
+
+def offloads_optimizer(ds_cfg: dict) -> bool:
+    offload = (ds_cfg.get("zero_optimization") or {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") not in ("none", None)
+
+
+def _use_torch_adamw(cfg: dict, device: torch.device) -> None:
+    """Make DeepSpeed build torch.optim.AdamW instead of its own optimizers: FusedAdam (GPU) and
+    DeepSpeedCPUAdam (optimizer offload) are JIT-compiled on first use, which needs nvcc or a
+    C++ toolchain (and takes minutes). On CUDA with the states on the GPU, torch's fused kernel."""
+    if cfg["optimizer"].get("type", "").lower() not in ("adam", "adamw"):
+        raise ConfigError(f"train.optimizer=torch needs an Adam/AdamW optimizer in the DeepSpeed config, "
+                          f"got {cfg['optimizer'].get('type')!r} (set train.optimizer=deepspeed to use it)")
+    params = cfg["optimizer"].setdefault("params", {})
+    params["torch_adam"] = True
+    if device.type == "cuda" and not offloads_optimizer(cfg):
+        params["fused"] = True
 
 
 def load_deepspeed_config(path: str | Path, train: TrainConfig, *, world_size: int, device: torch.device) -> dict:
