@@ -50,6 +50,10 @@ class GenerationConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     use_cache: bool = True
+    sync_ranks: bool = False
+    """Keep stepping until every rank's answers have ended (torch.distributed all-reduce each
+    step), so all ranks run the same forward passes: needed under ZeRO-3 (as transformers'
+    `synced_gpus`). The extra steps of a rank whose answers ended change none of them."""
 
 
 @dataclass
@@ -100,6 +104,16 @@ class _Stepper:
             return self._run(new, self.mask)
         self.embeds = torch.cat([self.embeds, new], 1)
         return self._run(self.embeds, self.mask)
+
+
+def all_done(done: bool, sync_ranks: bool, device: torch.device) -> bool:
+    """`done` on this rank, or (sync_ranks) on every rank (`device`: where the process group's
+    backend reduces, the GPU for NCCL)."""
+    if not sync_ranks or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return done
+    flag = torch.tensor([int(done)], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag)
 
 
 @torch.no_grad()
@@ -156,7 +170,7 @@ def generate(
         for i in range(b):
             if nxt[i] != tok.pad_token_id and nxt[i] != tok.eos_token_id:
                 tokens[i].append(int(nxt[i]))
-        if finished.all():
+        if all_done(bool(finished.all()), config.sync_ranks, device):
             break
         history = torch.cat([history, nxt[:, None]], 1)
         hidden = stepper.step(nxt)

@@ -8,6 +8,7 @@ from ..config import Config
 from ..data.sources import load_source, source_name
 from ..evaluation.runner import evaluate_split, group_by_image
 from ..predictor import PixelLMPredictor
+from ..modeling.zero3 import is_partitioned
 from .distributed import DistInfo
 
 PROTOCOLS = {"synthetic": "custom", "custom": "custom", "muse": "muse", "refer": "refer", "grefcoco": "grefcoco"}
@@ -21,7 +22,9 @@ def limit_images(records: list, limit: int | None) -> list:
 
 
 def validate(model, cfg: Config, dist: DistInfo, out_dir: Path) -> dict[str, float]:
-    """Evaluate every `data.val` source with generated answers; returns flat "val/..." metrics."""
+    """Evaluate every `data.val` source with generated answers; returns flat "val/..." metrics
+    (on rank 0; {} on the others). Each rank predicts its share of the images; under ZeRO-3
+    the ranks run in lockstep (`predict_records`), as every forward gathers parameters."""
     was_training = model.training
     predictor = PixelLMPredictor(model)
     flat: dict[str, float] = {}
@@ -34,6 +37,7 @@ def validate(model, cfg: Config, dist: DistInfo, out_dir: Path) -> dict[str, flo
             predictor, records, PROTOCOLS[spec.type], "generated", out_dir / name.replace(":", "_").replace("/", "_"),
             batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
             rank=dist.rank, world_size=dist.world_size, split=spec.split, progress=dist.is_main,
+            lockstep=any(is_partitioned(p) for p in model.parameters()),
         )
         for key in ("gIoU", "cIoU", "count_acc", "box_P@0.5"):
             if metrics.get(key) is not None:
