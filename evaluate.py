@@ -22,6 +22,7 @@ from pixellm.evaluation.datasets import parse_dataset
 from pixellm.evaluation.loading import load_model
 from pixellm.evaluation.report import format_table
 from pixellm.evaluation.runner import evaluate_split
+from pixellm.precision import DTYPE_CHOICES, resolve_dtype
 from pixellm.predictor import PixelLMPredictor
 from pixellm.training.validation import limit_images
 
@@ -38,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-root", default=None, help="override the image folder")
     p.add_argument("--out", default=None, help="output folder (default: eval.output_dir)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                   help="weights dtype (auto: bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU)")
     return p.parse_intermixed_args(argv)
 
 
@@ -53,7 +56,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     rank, world = _distributed()
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if args.device == "cuda" else args.device
-    model, cfg = load_model(args.model, overrides=args.overrides, device=device)
+    model, cfg = load_model(args.model, overrides=args.overrides, device=device, dtype=resolve_dtype(args.dtype, device))
     predictor = PixelLMPredictor(model)
     out = Path(args.out or cfg.eval.output_dir)
     results = {}

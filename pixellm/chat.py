@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 from .constants import SEG_PLACEHOLDER
+from .precision import DTYPE_CHOICES
 from .visualize import colour, overlay
 
 RESET = "\x1b[0m"
 EXIT_WORDS = {"exit", "quit", ":q"}
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def use_colour(stream=None) -> bool:
@@ -90,14 +90,6 @@ def _resolve_device(name: str | None) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise ChatError("--device cuda requested but no CUDA device is available")
     return name
-
-
-def _resolve_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device == "cuda" else None
-    return getattr(torch, name)
 
 
 def load_image(path: str):
@@ -174,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         image = load_image(args.image)
         device = _resolve_device(args.device)
-        predictor = load_predictor(args.model, device, _resolve_dtype(args.dtype, device))
+        predictor = load_predictor(args.model, device, args.dtype)
         image_path = Path(args.image)
         if args.question is not None:
             if not args.question.strip():
@@ -221,7 +213,7 @@ def register(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (with --sample)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument(
-        "--dtype", choices=DTYPES, default="auto",
-        help="weights dtype (default auto: bfloat16 on cuda, float32 on cpu)",
+        "--dtype", choices=DTYPE_CHOICES, default="auto",
+        help="weights dtype (default auto: bf16 on CUDA GPUs that support it, else fp16 on CUDA; fp32 on CPU)",
     )
     p.set_defaults(func=run, chat_parser=p)

@@ -29,13 +29,14 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     return p, p.parent.parent
 
 
-def load_from_checkpoint(path: str | Path, device: str = "cpu") -> PixelLM:
-    """A trained model straight from a DeepSpeed checkpoint (ZeRO shards consolidated to fp32)."""
+def load_from_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> PixelLM:
+    """A trained model straight from a DeepSpeed checkpoint (ZeRO shards of any stage
+    consolidated to fp32), in `dtype` (None = fp32)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     step_dir, run_dir = resolve_checkpoint(path)
     model_dir = run_dir / "model"
-    model = build_skeleton(read_config(model_dir), model_dir, device=device)
+    model = build_skeleton(read_config(model_dir), model_dir, device=device, dtype=dtype)
     state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir.parent), tag=step_dir.name)
     result = model.load_state_dict(state, strict=False)  # copies into the skeleton's own storage
     if result.missing_keys or result.unexpected_keys:
@@ -43,7 +44,7 @@ def load_from_checkpoint(path: str | Path, device: str = "cpu") -> PixelLM:
             f"{step_dir}: checkpoint does not match the saved architecture: missing {result.missing_keys[:3]}, "
             f"unexpected {result.unexpected_keys[:3]}"
         )
-    return model.to(device)
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
 def _set_child(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:

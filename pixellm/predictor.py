@@ -14,6 +14,7 @@ from .constants import SEG_PLACEHOLDER
 from .data.batch import Sample, collate
 from .generation import GenerationConfig, generate
 from .modeling.pixellm import PixelLM
+from .precision import resolve_dtype
 from .processor import PixelLMProcessor
 
 
@@ -61,7 +62,13 @@ class PixelLMPredictor:
         self.processor = PixelLMProcessor.from_model(model, max_length=max_length)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> PixelLMPredictor:
+    def from_pretrained(
+        cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype | str = "auto"
+    ) -> PixelLMPredictor:
+        """dtype: a torch dtype or "auto"/"bf16"/"fp16"/"fp32" (auto: bf16 on CUDA GPUs that
+        support it, else fp16 on CUDA, fp32 on CPU; precision.resolve_dtype)."""
+        if isinstance(dtype, str):
+            dtype = resolve_dtype(dtype, device)
         return cls(PixelLM.from_pretrained(path, device=device, dtype=dtype))
 
     @property
