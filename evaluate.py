@@ -45,10 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _distributed() -> tuple[int, int]:
-    """Rank and world size under torchrun (gloo on CPU, NCCL on GPU); (0, 1) otherwise."""
-    if "RANK" not in os.environ:
-        return 0, 1
-    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    """Rank and world size under torchrun (gloo on CPU, NCCL on GPU), or of the process group
+    this process already joined; (0, 1) otherwise."""
+    if not torch.distributed.is_initialized():
+        if "RANK" not in os.environ:
+            return 0, 1
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 

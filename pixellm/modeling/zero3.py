@@ -90,7 +90,10 @@ def plain_adapter_setup(hf_zero3: object | None, params: list[torch.Tensor]) -> 
     if hf_zero3 is None:
         yield
         return
-    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+    from transformers.integrations.deepspeed import (
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
 
     with gathered(params, modifier_rank=None):
         unset_hf_deepspeed_config()

@@ -7,8 +7,8 @@ from pathlib import Path
 from ..config import Config
 from ..data.sources import load_source, source_name
 from ..evaluation.runner import evaluate_split, group_by_image
-from ..predictor import PixelLMPredictor
 from ..modeling.zero3 import is_partitioned
+from ..predictor import PixelLMPredictor
 from .distributed import DistInfo
 
 PROTOCOLS = {"synthetic": "custom", "custom": "custom", "muse": "muse", "refer": "refer", "grefcoco": "grefcoco"}
