@@ -208,3 +208,19 @@ def test_codebook_states_take_the_predicting_states_plus_the_window_mean():
     wide = codebook_states(hidden, groups, window=3)
     assert wide[:, :, 0].tolist() == [[3 + 2, 4 + 2], [7 + 6, 8 + 6]]  # + mean of states 1-3 / 5-7
     assert codebook_states(hidden, groups[:0], window=3).shape == (0, 2, 2)
+
+
+def test_codebook_fusion_starts_as_the_mean_and_leaves_the_random_stream_as_nn_linear_does():
+    """The start is set inside the layer's own constructor (it must hold under zero.Init, which
+    partitions each layer as it is built), and the default draws still happen, so the modules
+    built after it get the same initial weights as before."""
+    from pixellm.modeling.codebook import MeanFusion
+
+    torch.manual_seed(0)
+    fuse = MeanFusion(3 * 4, 4)
+    after_fusion = torch.rand(3)
+    torch.manual_seed(0)
+    torch.nn.Linear(3 * 4, 4)
+    assert torch.equal(after_fusion, torch.rand(3))
+    states = torch.randn(2, 3, 4)
+    assert torch.allclose(fuse(states.flatten(1)), states.mean(1), atol=1e-6)

@@ -44,6 +44,9 @@ class MeanFusion(nn.Linear):
     """
 
     def reset_parameters(self) -> None:
+        # draw nn.Linear's default init first, then overwrite it: the random stream, and so the
+        # initial weights of every module built after this one, stay those of earlier releases
+        super().reset_parameters()
         n = self.in_features // self.out_features
         with torch.no_grad():
             self.weight.copy_(torch.eye(self.out_features).repeat(1, n) / n)
