@@ -9,6 +9,7 @@ from PIL import Image
 from pixellm import chat
 from pixellm.cli import main
 from pixellm.predictor import PixelLMPredictor, Prediction, Segment
+from pixellm.visualize import GAP
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,8 @@ def test_masks_are_listed_with_phrase_score_and_area(saved, tmp_path, monkeypatc
         "[2] the blue square (score 0.50, 600 px)",
     ]
     px = np.asarray(Image.open(out))
-    assert not np.array_equal(px[:10, :10], np.asarray(Image.open(image))[:10, :10])
+    # the overlay is the right half (the left one is the untouched original)
+    assert not np.array_equal(px[:10, 50 + GAP:60 + GAP], np.asarray(Image.open(image))[:10, :10])
 
 
 def test_colours_match_the_overlay_palette_and_respect_no_color(monkeypatch):

@@ -10,7 +10,6 @@ from pixellm.data.batch import Batch
 from pixellm.generation import CodebookGroupProcessor
 from pixellm.losses import compute_losses
 from pixellm.predictor import PixelLMPredictor, split_phrases
-from pixellm.visualize import overlay
 
 ANSWER = f"red {SEG_PLACEHOLDER} and blue {SEG_PLACEHOLDER}."
 
@@ -95,15 +94,6 @@ def test_phrase_splitting():
     assert split_phrases("No mask here.") == []
 
 
-def test_overlay_draws_each_mask_in_its_colour(image):
-    m = np.zeros((40, 50), bool)
-    m[:10, :10] = True
-    out = overlay(image, [m], ["thing"])
-    assert out.size[0] >= 50 and out.size[1] > 40
-    px = np.asarray(out)[:10, :10].astype(int)
-    orig = np.asarray(image)[:10, :10].astype(int)
-    assert not np.array_equal(px, orig)
-    assert np.array_equal(np.asarray(out)[20:40, 20:50], np.asarray(image)[20:40, 20:50])
 
 
 def test_generated_codebook_states_equal_the_teacher_forced_ones(memorised, image):
