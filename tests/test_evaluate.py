@@ -39,6 +39,7 @@ def test_score_reproduces_metrics_json_exactly(setup, capsys):
     folder = out / "custom_val"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics == results["custom:val"]
+    assert {"gIoU_targets", "cIoU_targets", "N-acc", "num_no_target"} <= set(metrics)
     lines = (folder / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == metrics["num_questions"] == 18  # every question has a record, none twice
     rec = json.loads(lines[0])
@@ -66,6 +67,19 @@ def test_dataset_names_resolve_to_the_readme_layout():
 def test_table_lists_each_dataset_and_metric():
     table = format_table({"a": {"gIoU": 0.5, "cIoU": None, "num_questions": 3}})
     assert "gIoU" in table and "0.5000" in table and " - " in table
+    assert "N-acc" not in table  # only the columns the results have
+
+
+def test_table_shows_giou_over_targets_and_nacc():
+    table = format_table({
+        "mixed": {"gIoU": 0.6, "gIoU_targets": 0.0, "N-acc": 1.0, "num_questions": 5},
+        "refcoco": {"gIoU": 0.7, "gIoU_targets": 0.7, "N-acc": None, "num_questions": 3},
+    })
+    header, _, mixed, refcoco, legend = table.splitlines()
+    assert header.split() == ["dataset", "gIoU", "gIoU_tgt", "N-acc", "num_questions"]
+    assert mixed.split() == ["mixed", "0.6000", "0.0000", "1.0000", "5"]
+    assert refcoco.split() == ["refcoco", "0.7000", "0.7000", "-", "3"]
+    assert "gIoU_tgt = gIoU over questions with a target" in legend and "N-acc" in legend
 
 
 def test_sharded_evaluation_over_two_processes_matches_one_process(setup):

@@ -146,6 +146,81 @@ def test_grefcoco_nacc_tacc():
     assert res["count_acc"] == pytest.approx(1 / 4)  # only e1 (0 vs 0)
     # boxes: e1 empty vs empty hit; e4 union box (0,0,3,3) vs (0,0,2,2): 4/9 < 0.5 miss
     assert res["box_P@0.5"] == pytest.approx(1 / 4)
+    # target expressions only: e3 IoU 0 (I 0, U 4), e4 IoU 4/5 (I 4, U 5)
+    assert res["gIoU_targets"] == pytest.approx(0.4)
+    assert res["cIoU_targets"] == pytest.approx(4 / 9)
+
+
+# A split of 3 questions without a target and 2 with one (3x3 masks). G1 = 4 px, G2 = 3 px.
+G1 = m("11.", "11.", "...")
+G2 = m("...", "...", "111")
+MIXED_GT = {"n1": [], "n2": [], "n3": [], "t1": [G1], "t2": [G2]}
+OLD_KEYS = {"protocol", "gIoU", "cIoU", "box_P@0.5", "count_acc", "num_questions", "num_pairs",
+            "num_missing_predictions", "intersection", "union"}
+
+
+@pytest.mark.parametrize("protocol", ["muse", "custom", "refer", "grefcoco"])
+def test_model_without_masks_on_mixed_split(protocol):
+    # no masks at all: n1-n3 are empty-vs-empty pairs (IoU 1), t1/t2 are IoU 0 (I 0, U 4 and 3)
+    res = score_questions(protocol, MIXED_GT, {q: [] for q in MIXED_GT})
+    assert res["gIoU"] == pytest.approx(3 / 5)  # overall, unchanged convention
+    assert res["cIoU"] == 0.0 and res["union"] == 7
+    assert res["gIoU_targets"] == 0.0 and res["cIoU_targets"] == 0.0
+    assert res["N-acc"] == 1.0 and res["num_no_target"] == 3
+    assert OLD_KEYS <= set(res)
+    assert ("T-acc" in res) == (protocol == "grefcoco")  # T-acc stays gRefCOCO-only
+    if protocol == "grefcoco":
+        assert res["T-acc"] == 0.0
+
+
+@pytest.mark.parametrize(("protocol", "giou"), [("muse", 3 / 5), ("grefcoco", 4 / 5)])
+def test_mask_on_no_target_question_lowers_nacc(protocol, giou):
+    preds = {
+        "n1": [m("11.", "...", "...")],  # a 2 px mask where there is nothing: an N-acc miss
+        "n2": [m("...", "...", "...")],  # only an empty mask: counts as "no mask" for N-acc
+        "n3": [],
+        "t1": [G1],
+        "t2": [G2],
+    }
+    res = score_questions(protocol, MIXED_GT, preds)
+    assert res["N-acc"] == pytest.approx(2 / 3) and res["num_no_target"] == 3
+    assert res["gIoU_targets"] == 1.0 and res["cIoU_targets"] == 1.0
+    # overall pairs: n1 IoU 0 (U 2); n2 is an unmatched (IoU 0) prediction for muse but the
+    # empty union vs empty GT (IoU 1) for grefcoco; n3, t1, t2 IoU 1
+    assert res["gIoU"] == pytest.approx(giou)
+    assert (res["intersection"], res["union"]) == (7, 9)
+    if protocol == "grefcoco":
+        assert res["T-acc"] == 1.0
+
+
+def test_giou_targets_counts_unmatched_predictions_for_muse():
+    extra = m("...", "...", "11.")  # 2 px, overlaps no GT
+    gt = {"n": [], "t": [G1]}
+    preds = {"n": [], "t": [G1, extra]}
+    # muse: t gives G1 vs G1 (IoU 1, I 4, U 4) and the unmatched extra (IoU 0, U 2); n IoU 1
+    res = score_questions("muse", gt, preds)
+    assert res["gIoU"] == pytest.approx(2 / 3)
+    assert res["gIoU_targets"] == pytest.approx(1 / 2)
+    assert res["cIoU_targets"] == pytest.approx(4 / 6)
+    assert res["N-acc"] == 1.0
+    # refer scores target j against mask j only: the extra mask is not a pair
+    res = score_questions("refer", gt, preds)
+    assert res["gIoU_targets"] == 1.0 and res["gIoU"] == 1.0
+
+
+def test_split_specific_figures_are_none_without_their_questions():
+    # only target questions: N-acc None, and gIoU_targets equals gIoU (the RefCOCO case)
+    res = score_questions("refer", {"a": [G1], "b": [G2]}, {"a": [G1], "b": [m("...", "...", "1..")]})
+    assert res["N-acc"] is None and res["num_no_target"] == 0
+    assert res["gIoU"] == res["gIoU_targets"] == pytest.approx((1 + 1 / 3) / 2)
+    assert res["cIoU"] == res["cIoU_targets"] == pytest.approx(5 / 7)
+    # only no-target questions: no target figures; T-acc None on gRefCOCO
+    res = score_questions("grefcoco", {"a": [], "b": []}, {"a": [], "b": [G1]})
+    assert res["gIoU_targets"] is None and res["cIoU_targets"] is None and res["T-acc"] is None
+    assert res["N-acc"] == pytest.approx(1 / 2) and res["gIoU"] == pytest.approx(1 / 2)
+    # an empty GT mask (gRefCOCO's no-target form) is no target either
+    res = score_questions("grefcoco", {"a": [m("...", "...", "...")]}, {"a": []})
+    assert (res["num_no_target"], res["N-acc"], res["gIoU"], res["gIoU_targets"]) == (1, 1.0, 1.0, None)
 
 
 def test_box_precision_helpers():

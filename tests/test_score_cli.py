@@ -30,7 +30,10 @@ B_HALF = m("...1", "...1", "....", "....")
 #   "1:1": GT [B, C], pred [B_HALF] -> B: IoU 2/4 (I 2, U 4); C unmatched: IoU 0 (U 2)
 #   "2:0": no GT,     pred []       -> empty vs empty: IoU 1 (I 0, U 0)
 # gIoU = (1 + 0.5 + 0 + 1) / 4 = 0.625 ; cIoU = 6 / 10 = 0.6
-EXPECTED = {"gIoU": 0.625, "cIoU": 0.6, "num_pairs": 4, "num_questions": 3}
+# target questions only ("1:0", "1:1"): gIoU_targets = (1 + 0.5 + 0) / 3 = 0.5, cIoU 6 / 10
+# "2:0" is the one no-target question, answered with no mask: N-acc = 1 / 1
+EXPECTED = {"gIoU": 0.625, "cIoU": 0.6, "num_pairs": 4, "num_questions": 3,
+            "gIoU_targets": 0.5, "cIoU_targets": 0.6, "N-acc": 1.0, "num_no_target": 1}
 
 
 @pytest.fixture
@@ -85,6 +88,13 @@ def test_score_predictions_on_records(tmp_path):
     del preds["1:1"]
     res = score_predictions("custom", records, preds)
     assert res["gIoU"] == pytest.approx(0.5) and res["cIoU"] == pytest.approx(0.4)
+    # over the target questions: pairs 1, 0, 0 -> 1/3 ; cIoU 4 / 10 (the empty pair adds 0/0)
+    assert res["gIoU_targets"] == pytest.approx(1 / 3) and res["cIoU_targets"] == pytest.approx(0.4)
+    # a mask for the no-target question "2:0": N-acc 0, gIoU_targets unchanged
+    preds["2:0"] = prediction_record(1, "2:0", "", [C])
+    res = score_predictions("custom", records, preds)
+    assert res["N-acc"] == 0.0 and res["gIoU_targets"] == pytest.approx(1 / 3)
+    assert res["gIoU"] == pytest.approx(1 / 4)  # the empty pair became an IoU-0 prediction
     assert res["num_missing_predictions"] == 1
     with pytest.raises(ValueError, match="occurs twice"):
         score_predictions("custom", records + records[:1], preds)

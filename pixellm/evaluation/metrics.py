@@ -1,24 +1,34 @@
-"""Segmentation metrics on full-resolution numpy bool masks (DESIGN.md section 5).
+"""Segmentation metrics on full-resolution numpy bool masks (conventions: README "Evaluation").
 
 A *pair* is one (prediction, ground truth) comparison; every protocol turns a question into
 pairs and the split's scores are built from them:
 
-* gIoU = mean pair IoU; cIoU = sum of intersections / sum of unions (int64 sums).
-* Empty prediction vs empty GT is IoU 1 with intersection 0 and union 0.
+* gIoU = mean pair IoU; cIoU = sum of intersections / sum of unions (int64 sums). Both are over
+  every pair of the split.
+* Empty prediction vs empty GT is IoU 1 with intersection 0 and union 0. So a question without
+  a target answered with no mask is a perfect pair, and on a split with many such questions a
+  model that never emits a mask gets a high overall gIoU. Hence also:
+* gIoU_targets / cIoU_targets = the same over the pairs of *target questions* only (questions
+  with at least one non-empty GT mask; for muse/custom this includes their unmatched
+  predictions); None without a target question.
+* N-acc = no-target questions whose prediction has no non-empty mask (no mask, or only empty
+  masks) / no-target questions (`num_no_target`); None without a no-target question. T-acc
+  (gRefCOCO only) = target questions with a non-empty predicted mask / target questions.
+  One definition for every protocol (`has_target`, `predicts_nothing`, `TargetTally`).
 * box P@0.5 = fraction of pairs whose mask bounding boxes have IoU >= 0.5.
+* count_acc = fraction of questions with as many predicted masks as GT masks.
 
 Protocols (`PROTOCOLS`):
 
 * ``muse`` / ``custom``: Hungarian matching maximising IoU; every matched pair, unmatched GT
-  and unmatched prediction is one pair (unmatched: IoU 0, full area added to the union).
-  A question with no GT and no prediction is one empty-vs-empty pair.
+  and unmatched prediction is one pair (unmatched: IoU 0, full area added to the union, even
+  for an empty predicted mask). A question with no GT and no prediction is one empty-vs-empty
+  pair.
 * ``refer``: one pair per GT target; target j is compared with the j-th predicted mask (masks
   follow the text order), a missing one is an empty mask, extra predictions are not scored
   (count_acc sees them).
 * ``grefcoco``: one pair per expression, union of GT masks vs union of predicted masks
-  (ReLA conventions); "no target" means an empty mask. N-acc = no-target expressions predicted
-  empty / no-target expressions; T-acc = target expressions predicted non-empty / target
-  expressions.
+  (ReLA conventions); "no target" means an empty mask.
 """
 
 from __future__ import annotations
@@ -169,6 +179,50 @@ def count_acc(num_pred: Sequence[int], num_gt: Sequence[int]) -> float | None:
     return sum(int(p == g) for p, g in zip(num_pred, num_gt, strict=True)) / len(num_gt)
 
 
+def has_target(gts: Sequence[np.ndarray]) -> bool:
+    """Whether a question has a target: at least one non-empty GT mask. gRefCOCO stores a
+    no-target expression as an empty mask, other sources as no mask; both mean no target."""
+    return any(np.any(g) for g in gts)
+
+
+def predicts_nothing(preds: Sequence[np.ndarray]) -> bool:
+    """Whether a prediction segments nothing: no mask, or only empty masks (what ReLA's
+    gRefCOCO N-acc counts as a correct answer to a no-target expression)."""
+    return not any(np.any(p) for p in preds)
+
+
+@dataclass
+class TargetTally:
+    """Questions counted by (has a target, prediction segments something): N-acc and T-acc.
+
+    The same definition serves every protocol, so N-acc means the same on gRefCOCO, MUSE and
+    custom data.
+    """
+
+    no_target: int = 0
+    no_target_empty: int = 0  # no-target questions answered with nothing: N-acc's numerator
+    target: int = 0
+    target_nonempty: int = 0  # target questions answered with some mask: T-acc's numerator
+
+    def add(self, target: bool, pred_empty: bool) -> None:
+        if target:
+            self.target += 1
+            self.target_nonempty += int(not pred_empty)
+        else:
+            self.no_target += 1
+            self.no_target_empty += int(pred_empty)
+
+    @property
+    def n_acc(self) -> float | None:
+        """Share of no-target questions predicted empty (None without such questions)."""
+        return self.no_target_empty / self.no_target if self.no_target else None
+
+    @property
+    def t_acc(self) -> float | None:
+        """Share of target questions predicted non-empty (None without such questions)."""
+        return self.target_nonempty / self.target if self.target else None
+
+
 @dataclass
 class PairStats:
     """Accumulator of pairs over a split: int64-safe Python int sums and the IoU list."""
@@ -222,11 +276,12 @@ class Scorer:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
         self.protocol = protocol
-        self.stats = PairStats()
+        self.stats = PairStats()  # every pair: the overall gIoU / cIoU / box P@0.5
+        self.target_stats = PairStats()  # pairs of target questions only: gIoU_targets, ...
+        self.tally = TargetTally()
         self.num_pred: list[int] = []
         self.num_gt: list[int] = []
         self.missing = 0
-        self.nt = {"TP": 0, "FN": 0, "TN": 0, "FP": 0}  # grefcoco no-target confusion
 
     def add(self, gts: Sequence[np.ndarray], preds: Sequence[np.ndarray] | None) -> list[Pair]:
         """Score one question; preds=None means it has no prediction record (= zero masks)."""
@@ -234,36 +289,38 @@ class Scorer:
             self.missing += 1
             preds = []
         pairs = question_pairs(self.protocol, preds, gts)
+        target = has_target(gts)
         for pair in pairs:
             self.stats.add(pair)
+            if target:
+                self.target_stats.add(pair)
+        self.tally.add(target, predicts_nothing(preds))
         self.num_pred.append(len(preds))
         self.num_gt.append(len(gts))
-        if self.protocol == "grefcoco":
-            gt_nt = not any(np.any(g) for g in gts)
-            pred_nt = not any(np.any(p) for p in preds)
-            key = ("TP" if pred_nt else "FN") if gt_nt else ("FP" if pred_nt else "TN")
-            self.nt[key] += 1
         return pairs
 
     def result(self) -> dict:
-        """Split scores: gIoU, cIoU, box_P@0.5, count_acc, counts (+ N-acc, T-acc for grefcoco)."""
+        """Split scores (definitions in the module docstring): gIoU, cIoU over every pair;
+        gIoU_targets, cIoU_targets over target questions; N-acc over no-target questions;
+        box_P@0.5, count_acc, counts; T-acc for grefcoco."""
         out = {
             "protocol": self.protocol,
             "gIoU": self.stats.giou,
             "cIoU": self.stats.ciou,
+            "gIoU_targets": self.target_stats.giou,
+            "cIoU_targets": self.target_stats.ciou,
+            "N-acc": self.tally.n_acc,
             "box_P@0.5": self.stats.box_precision,
             "count_acc": count_acc(self.num_pred, self.num_gt),
             "num_questions": len(self.num_gt),
+            "num_no_target": self.tally.no_target,
             "num_pairs": self.stats.num_pairs,
             "num_missing_predictions": self.missing,
             "intersection": self.stats.inter,
             "union": self.stats.union,
         }
         if self.protocol == "grefcoco":
-            nt, t = self.nt["TP"] + self.nt["FN"], self.nt["TN"] + self.nt["FP"]
-            out["N-acc"] = self.nt["TP"] / nt if nt else None
-            out["T-acc"] = self.nt["TN"] / t if t else None
-            out["num_no_target"] = nt
+            out["T-acc"] = self.tally.t_acc
         return out
 
 

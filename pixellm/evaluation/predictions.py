@@ -1,4 +1,4 @@
-"""The predictions file (*contract*, DESIGN.md section 4): JSON Lines, one record per question:
+"""The predictions file (*contract*): JSON Lines, one record per question:
 
     {"image_id": ..., "question_id": "...", "text": "...",
      "masks": [{"size": [h, w], "counts": "<COCO compressed RLE>"}, ...], "scores": [...]}

@@ -39,7 +39,7 @@ def validate(model, cfg: Config, dist: DistInfo, out_dir: Path) -> dict[str, flo
             rank=dist.rank, world_size=dist.world_size, split=spec.split, progress=dist.is_main,
             lockstep=any(is_partitioned(p) for p in model.parameters()),
         )
-        for key in ("gIoU", "cIoU", "count_acc", "box_P@0.5"):
+        for key in ("gIoU", "gIoU_targets", "cIoU", "count_acc", "N-acc", "box_P@0.5"):
             if metrics.get(key) is not None:
                 flat[f"val/{name}/{key}"] = metrics[key]
     model.train(was_training)
