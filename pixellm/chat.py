@@ -93,16 +93,15 @@ def _resolve_device(name: str | None) -> str:
 
 
 def load_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+    from .data.images import ImageReadError, read_image
 
     file = Path(path)
     if not file.is_file():
         raise ChatError(f"image {file} not found")
     try:
-        with Image.open(file) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise ChatError(f"cannot read image {file}: {e}") from None
+        return read_image(file)
+    except ImageReadError as e:
+        raise ChatError(f"cannot read image {e}") from None
 
 
 def load_predictor(path: str, device: str, dtype):
@@ -123,7 +122,12 @@ def load_predictor(path: str, device: str, dtype):
 
 def answer(predictor, image, question: str, out: Path, generation: dict, coloured: bool) -> None:
     """Run one question, print the marked answer and the mask list, save the overlay."""
-    pred = predictor.predict(image, question, **generation)
+    from .data.errors import DataError
+
+    try:
+        pred = predictor.predict(image, question, **generation)
+    except DataError as e:  # e.g. the question writes a codebook token
+        raise ChatError(str(e)) from None
     print(render_answer(pred.text, [s.phrase for s in pred.segments], coloured))
     for line in render_segments(pred.segments, coloured):
         print(line)
@@ -174,7 +178,10 @@ def run(args: argparse.Namespace) -> int:
             answer(predictor, image, args.question, default_out(image_path, args.out, None), generation, coloured)
             return 0
         for n, question in enumerate(read_questions(), start=1):
-            answer(predictor, image, question, default_out(image_path, args.out, n), generation, coloured)
+            try:
+                answer(predictor, image, question, default_out(image_path, args.out, n), generation, coloured)
+            except ChatError as e:  # one bad question does not end the session
+                print(f"error: {e}", file=sys.stderr)
             print(flush=True)
     except ChatError as e:
         print(f"error: {e}", file=sys.stderr)

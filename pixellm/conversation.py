@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .constants import IMAGE_TOKEN
+
+_IMAGE_TAG = re.compile(r"\s*" + re.escape(IMAGE_TOKEN) + r"\s*")
+_CODEBOOK_TOKEN = re.compile(r"\[SEG\d+\]")
+"""Codebook token strings (constants.seg_token_strings), whatever the codebook size."""
+
+
+def strip_image_tag(text: str) -> str:
+    """The text without "<image>" and the whitespace around it (LLaVA-converted questions start
+    with "<image>\n"; the processor inserts the image block itself)."""
+    return _IMAGE_TAG.sub(" ", text).strip()
+
+
+def codebook_token_in(text: str) -> str | None:
+    """The first codebook token string ("[SEG0]", ...) written in `text`, if any: user text may
+    not contain the model's own tokens (data marks a mask with "<seg>")."""
+    found = _CODEBOOK_TOKEN.search(text)
+    return found.group(0) if found else None
 
 LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "

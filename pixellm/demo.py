@@ -27,13 +27,14 @@ def _overlays(model_dir: Path, data_dir: Path, out: Path, n: int) -> list[Path]:
     from PIL import Image
 
     from .data.custom import load_custom
+    from .data.images import read_image
     from .predictor import PixelLMPredictor
     from .visualize import overlay
 
     predictor = PixelLMPredictor.from_pretrained(model_dir)
     paths = []
     for i, rec in enumerate(load_custom(data_dir / "val.jsonl", data_dir)[:n]):
-        image = Image.open(rec.image_path).convert("RGB")
+        image = read_image(rec.image_path)
         pred = predictor.predict(image, rec.question, max_new_tokens=48)
         big = image.resize((image.width * 4, image.height * 4), Image.NEAREST)
         masks = [Image.fromarray(s.mask).resize(big.size, Image.NEAREST) for s in pred.segments]
@@ -56,12 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(REPO / CONFIG, args.overrides)
     out = REPO / cfg.train.output_dir
-    if (out / "checkpoints").exists():
-        import shutil
-
-        shutil.rmtree(out)  # the demo always trains from scratch
     start = time.time()
-    _run([sys.executable, "train.py", CONFIG, *args.overrides])
+    _run([sys.executable, "train.py", CONFIG, "train.overwrite=true", *args.overrides])  # always from scratch
     train_seconds = time.time() - start
     evaluation = out / "eval"
     _run([sys.executable, "evaluate.py", str(out), "--dataset", "synthetic:val", "--dataset",

@@ -12,6 +12,7 @@ from PIL import Image
 
 from .constants import SEG_PLACEHOLDER
 from .data.batch import Sample, collate
+from .data.images import read_image, to_rgb
 from .generation import GenerationConfig, generate
 from .modeling.pixellm import PixelLM
 from .precision import resolve_dtype
@@ -47,6 +48,12 @@ def split_phrases(text: str) -> list[str]:
         tail = re.split(r"[.;:!?\n]", part)[-1]
         phrases.append(_LEADING.sub("", tail).strip(" ,"))
     return phrases
+
+
+def as_rgb(image: Image.Image | str | Path) -> Image.Image:
+    """A PIL image (converted to RGB as data.images.to_rgb does) or a path read with
+    data.images.read_image (EXIF orientation applied, 16-bit and palette files handled)."""
+    return to_rgb(image) if isinstance(image, Image.Image) else read_image(image)
 
 
 def mask_score(logits: torch.Tensor) -> torch.Tensor:
@@ -92,9 +99,7 @@ class PixelLMPredictor:
     @torch.no_grad()
     def predict_batch(self, image: Image.Image | str | Path, questions: list[str], **generation) -> list[Prediction]:
         """Answer several questions about one image; the image is encoded once."""
-        if not isinstance(image, Image.Image):
-            image = Image.open(image)
-        pixels, meta = self.processor.preprocess_image(image.convert("RGB"))
+        pixels, meta = self.processor.preprocess_image(as_rgb(image))
         pixels = pixels[None].to(self.device)
         vision = self.model.encode_images(pixels)
         prompts = [self.processor.encode_prompt(q) for q in questions]
@@ -118,9 +123,7 @@ class PixelLMPredictor:
     def segment_with_answers(self, image: Image.Image | str | Path, questions: list[str], answers: list[str]) -> list[Prediction]:
         """Teacher-forced masks: each answer (with `<seg>` placeholders) is given, and one forward
         pass over all of an image's questions decodes the groups (the RefCOCO peers' protocol)."""
-        if not isinstance(image, Image.Image):
-            image = Image.open(image)
-        pixels, meta = self.processor.preprocess_image(image.convert("RGB"))
+        pixels, meta = self.processor.preprocess_image(as_rgb(image))
         samples = []
         for q, a in zip(questions, answers):
             enc = self.processor.encode(q, a)

@@ -11,8 +11,10 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from .constants import CLIP_MEAN, CLIP_STD, IGNORE_INDEX, IMAGE_TOKEN, SEG_PLACEHOLDER
+from .conversation import codebook_token_in, strip_image_tag
 from .data.batch import ImageMeta, Sample
 from .data.errors import DataError, Problem
+from .data.images import ImageReadError, read_image
 from .data.masks import MaskDecodeError, decode_mask
 from .data.records import QARecord
 from .modeling.pixellm import PixelLMConfig
@@ -20,6 +22,25 @@ from .modeling.pixellm import PixelLMConfig
 
 class SampleTooLongError(DataError):
     """Even with every target dropped, a sample does not fit the token budget."""
+
+
+class UserTextError(DataError):
+    """A question or answer holding the model's own tokens (a codebook token, or <image> in an answer)."""
+
+
+def clean_user_text(question: str, answer: str | None = None) -> str:
+    """The question with any literal "<image>" removed (the processor places the image itself,
+    as LLaVA-converted data expects); UserTextError if the question or answer writes a codebook
+    token, or the answer "<image>": they would be read as the model's own tokens."""
+    question = strip_image_tag(question)
+    for name, text in (("question", question), ("answer", answer or "")):
+        token = codebook_token_in(text)
+        if token:
+            raise UserTextError(f"the {name} contains the codebook token {token}: data marks a mask with "
+                                f"{SEG_PLACEHOLDER}, and codebook tokens are the model's own")
+    if answer and IMAGE_TOKEN in answer:
+        raise UserTextError(f"the answer contains {IMAGE_TOKEN}, which only the prompt may hold")
+    return question
 
 
 @dataclass
@@ -63,8 +84,9 @@ class PixelLMProcessor:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def prompt_ids(self, question: str) -> list[int]:
-        """BOS + template prompt with `<image>` expanded to num_image_tokens image-token ids."""
-        prompt = self.config.template.prompt(question, with_image=True)
+        """BOS + template prompt with `<image>` expanded to num_image_tokens image-token ids
+        (a literal "<image>" in the question is removed first: clean_user_text)."""
+        prompt = self.config.template.prompt(clean_user_text(question), with_image=True)
         before, after = prompt.split(IMAGE_TOKEN, 1)
         if self._prefix is None or self._prefix[0] != before:  # system + image block: the same every time (unless question_first)
             bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
@@ -93,6 +115,7 @@ class PixelLMProcessor:
         A too-long answer drops whole trailing targets; SampleTooLongError if no target fits
         (or the prompt alone is too long).
         """
+        clean_user_text(question, answer)
         prompt = self.prompt_ids(question)
         n = answer.count(SEG_PLACEHOLDER)
         for k in range(n, -1, -1):
@@ -125,15 +148,17 @@ class PixelLMProcessor:
         """QARecord -> Sample: image loaded and transformed, masks decoded at original size."""
         where = f"question {record.question_id}"
         try:
-            with Image.open(record.image_path) as im:
-                image = im.convert("RGB")
-        except OSError as e:
-            raise DataError(Problem(str(record.image_path), where, f"image does not load: {e}")) from None
+            image = read_image(record.image_path)
+        except ImageReadError as e:
+            raise DataError(Problem(str(record.image_path), where, f"image {e}")) from None
         pixels, meta = self.preprocess_image(image)
         h, w = meta.original_size
         if record.height is not None and (record.height, record.width) != (h, w):
             raise DataError(Problem(str(record.image_path), where, f"annotation size {record.height}x{record.width} != image {h}x{w}"))
-        enc = self.encode(record.question, record.answer)
+        try:
+            enc = self.encode(record.question, record.answer)
+        except DataError as e:  # too long, or user text with the model's tokens: name the record
+            raise type(e)(Problem(str(record.image_path), where, str(e))) from None
         try:
             masks = [decode_mask(m, h, w, record.mask_root) for m in record.masks[: enc.kept_targets]]
         except MaskDecodeError as e:

@@ -60,7 +60,7 @@ def muse_args(ann, root):
 def test_clean_muse_exits_0(dataset, capsys):
     clean, root = dataset
     code, lines = run_cli(muse_args(clean, root), capsys)
-    assert code == 0 and lines == ["4 records checked, 0 problems found"]
+    assert code == 0 and lines == ["4 records checked, 0 problems found, 0 warnings"]
 
 
 def test_every_fault_is_named(dataset, tmp_path, capsys):
@@ -76,7 +76,7 @@ def test_every_fault_is_named(dataset, tmp_path, capsys):
     faulty.write_text(json.dumps(records))
     code, lines = run_cli(muse_args(faulty, root), capsys)
     assert code == 1
-    assert lines[-1] == "4 records checked, 4 problems found"
+    assert lines[-1] == "4 records checked, 4 problems found, 0 warnings"
     f = str(faulty)
     assert lines[0].startswith(f"{f}: record 0 question 0 instance 0: bad segmentation: RLE size [12, 12] differs")
     assert lines[1] == f"{f}: record 1: missing key 'questions'"
@@ -88,7 +88,7 @@ def test_every_fault_is_named(dataset, tmp_path, capsys):
     code, lines = run_cli(muse_args(truncated, root), capsys)
     assert code == 1
     assert lines[0].startswith(f"{truncated}: line 3 column") and "invalid JSON" in lines[0]
-    assert lines[-1] == "0 records checked, 1 problems found"
+    assert lines[-1] == "0 records checked, 1 problems found, 0 warnings"
 
 
 def test_missing_file_and_usage_errors(tmp_path, capsys):
@@ -130,12 +130,12 @@ def test_refer_and_grefcoco(tmp_path, capsys):
     good = tmp_path / "good"
     write_refer(good, lambda refs: pickle.dumps(refs, protocol=2))
     code, lines = run_cli(["validate-data", "refer", "--root", str(good), "--name", "refcoco"], capsys)
-    assert code == 0 and lines == ["1 records checked, 0 problems found"]
+    assert code == 0 and lines == ["1 records checked, 0 problems found, 0 warnings"]
 
     gref = tmp_path / "gref"
     write_refer(gref, None, name="grefcoco")
     code, lines = run_cli(["validate-data", "grefcoco", "--root", str(gref), "--split", "val"], capsys)
-    assert code == 0 and lines == ["2 records checked, 0 problems found"]
+    assert code == 0 and lines == ["2 records checked, 0 problems found, 0 warnings"]
 
     evil, pwned = tmp_path / "evil", tmp_path / "pwned"
     write_refer(evil, lambda refs: pickle.dumps(refs + [Evil(pwned)], protocol=2))
@@ -150,7 +150,7 @@ def test_custom_dispatches_to_validate_custom(tmp_path, capsys):
     ann.write_text("{not json\n")
     code, lines = run_cli(["validate-data", "custom", "--annotations", str(ann), "--image-root", str(tmp_path)],
                           capsys)
-    assert code == 1 and lines[-1].endswith("problems found") and str(ann) in lines[0]
+    assert code == 1 and lines[-1].endswith("0 warnings") and str(ann) in lines[0]
 
 
 def test_pixellm_cli_main_and_python_m(dataset, tmp_path, capsys):
@@ -158,7 +158,7 @@ def test_pixellm_cli_main_and_python_m(dataset, tmp_path, capsys):
 
     clean, root = dataset
     assert cli.main(muse_args(clean, root)) == 0
-    assert capsys.readouterr().out.strip().endswith("0 problems found")
+    assert capsys.readouterr().out.strip().endswith("0 problems found, 0 warnings")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([record("missing.png")]))
     res = subprocess.run([sys.executable, "-m", "pixellm", *muse_args(bad, root)], cwd=REPO,

@@ -251,7 +251,7 @@ def test_annotation_size_mismatch_names_file_and_question(proc, tmp_path):
 
 
 def test_missing_image_is_a_data_error(proc, tmp_path):
-    with pytest.raises(DataError, match=r"missing\.png.*question q9.*does not load"):
+    with pytest.raises(DataError, match=r"missing\.png.*question q9.*image .*missing\.png not found"):
         proc(record(tmp_path / "missing.png", h=4, w=4, qid="q9"))
 
 

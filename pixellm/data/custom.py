@@ -1,4 +1,4 @@
-"""Our custom JSON Lines format (DESIGN.md section 4): loader and validator.
+"""Our custom JSON Lines format (README "Custom data"): loader and validator.
 
 One record per line, one image per record::
 
@@ -21,36 +21,45 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from ..constants import SEG_PLACEHOLDER
+from ..constants import IMAGE_TOKEN, SEG_PLACEHOLDER
+from ..conversation import codebook_token_in
 from .errors import DataError, Problem
+from .images import ImageReadError, image_size
 from .masks import MaskDecodeError, decode_mask
 from .records import QARecord
 
 Issue = tuple[str, str]
-"""(location inside a line, e.g. "conversation 1, mask 0" or "", reason)."""
+"""(location inside a line, e.g. "conversation 1, mask 0" or "", reason). A reason starting
+with WARNING marks a usable record that is probably not what was meant."""
+WARNING = "warning: "
 
 
-def load_custom(annotations: Path, image_root: Path, source: str = "custom") -> list[QARecord]:
-    """One QARecord per conversation of every line; raises DataError on the first bad line.
+def load_custom(annotations: Path, image_root: Path, source: str = "custom",
+                skipped: list[Problem] | None = None) -> list[QARecord]:
+    """One QARecord per conversation of every line.
 
-    Image sizes come from the image headers (cheap); masks stay encoded (run `validate_custom`
-    to check that they decode).
+    A bad line (syntax, keys, types, "<seg>" counts, the model's tokens in its text, an image
+    that is missing) raises DataError, or, when `skipped` is given, is appended to it and left
+    out; a file without any usable line is a DataError either way. Image sizes come from the
+    image headers (cheap); masks stay encoded (`validate_custom` checks that they decode).
     """
     annotations, image_root = Path(annotations), Path(image_root)
     records: list[QARecord] = []
     sizes: dict[Path, tuple[int, int]] = {}
-    for line_no, text in _numbered_lines(annotations):
+    bad: list[Problem] = []
+    for line_no, text in _numbered_lines(annotations, bad if skipped is not None else None):
         obj, issues = _parse(text)
-        if issues:
-            raise DataError(_problem(annotations, line_no, issues[0]))
-        image_path = image_root / obj["image"]
-        if image_path not in sizes:
+        image_path = image_root / obj["image"] if obj is not None else None
+        if obj is not None and image_path not in sizes:
             try:
-                sizes[image_path] = _image_size(image_path, full_decode=False)
-            except ValueError as e:
-                raise DataError(_problem(annotations, line_no, ("", str(e)))) from None
+                sizes[image_path] = image_size(image_path, full_decode=False)
+            except ImageReadError as e:
+                issues = [("", f"image {e}")]
+        if issues:
+            if skipped is None:
+                raise DataError(_problem(annotations, line_no, issues[0]))
+            bad.append(_problem(annotations, line_no, issues[0]))
+            continue
         height, width = sizes[image_path]
         image_id = obj.get("image_id", line_no)
         for c, conv in enumerate(obj["conversations"]):
@@ -60,8 +69,12 @@ def load_custom(annotations: Path, image_root: Path, source: str = "custom") -> 
                 masks=list(conv.get("masks", [])), phrases=list(conv.get("phrases", [])),
                 height=height, width=width, mask_root=image_root,
             ))
+    if skipped is not None:
+        skipped.extend(bad)
     if not records:
-        raise DataError(Problem(str(annotations), "file", "no records (the file is empty)"))
+        reason = f"no usable records ({len(bad)} bad lines; the first: {bad[0].where}: {bad[0].reason})" if bad \
+            else "no records (the file is empty)"
+        raise DataError(Problem(str(annotations), "file", reason))
     return records
 
 
@@ -90,7 +103,9 @@ def validate_custom(annotations: Path, image_root: Path) -> list[Problem]:
 
 def _problem(file: Path, line_no: int, issue: Issue) -> Problem:
     where, reason = issue
-    return Problem(str(file), f"line {line_no}" + (f", {where}" if where else ""), reason)
+    warning = reason.startswith(WARNING)
+    return Problem(str(file), f"line {line_no}" + (f", {where}" if where else ""),
+                   reason.removeprefix(WARNING), warning=warning)
 
 
 def _numbered_lines(path: Path, problems: list[Problem] | None = None) -> Iterator[tuple[int, str]]:
@@ -154,6 +169,7 @@ def _conversation_issues(conv: Any) -> list[Issue]:
         if not isinstance(spec, (dict, list, str)):
             issues.append((f"mask {m}", "a mask must be an RLE object, a polygon list or a PNG path, "
                            f"got {type(spec).__name__}"))
+    issues += _user_text_issues(conv)
     if isinstance(conv.get("answer"), str):
         n_seg = conv["answer"].count(SEG_PLACEHOLDER)
         if n_seg != len(masks):
@@ -167,39 +183,41 @@ def _conversation_issues(conv: Any) -> list[Issue]:
     return issues
 
 
+def _user_text_issues(conv: dict) -> list[Issue]:
+    """The model's own tokens written in user text (processor.clean_user_text refuses them)."""
+    issues = []
+    for key in ("question", "answer"):
+        text = conv.get(key)
+        if isinstance(text, str) and (token := codebook_token_in(text)):
+            issues.append(("", f"the {key} contains the codebook token {token}: mark a mask with "
+                               f"{SEG_PLACEHOLDER} (codebook tokens are the model's own)"))
+    if isinstance(conv.get("answer"), str) and IMAGE_TOKEN in conv["answer"]:
+        issues.append(("", f"the answer contains {IMAGE_TOKEN}, which only the prompt may hold"))
+    return issues
+
+
 def _content_issues(obj: dict, image_root: Path, sizes: dict) -> list[Issue]:
     """Image readable and every mask decodable at the image's size (`sizes` caches images)."""
     image_path = image_root / obj["image"]
     if image_path not in sizes:
         try:
-            sizes[image_path] = _image_size(image_path, full_decode=True)
-        except ValueError as e:
-            sizes[image_path] = str(e)
+            sizes[image_path] = image_size(image_path, full_decode=True)
+        except ImageReadError as e:
+            sizes[image_path] = f"image {e}"
     size = sizes[image_path]
     if isinstance(size, str):
         return [("", size)]
     height, width = size
     issues: list[Issue] = []
     for c, conv in enumerate(obj["conversations"]):
+        if not conv["answer"].strip():
+            issues.append((f"conversation {c}", WARNING + "the answer is empty: the model would learn to say nothing"))
         for m, spec in enumerate(conv.get("masks", [])):
             try:
-                decode_mask(spec, height, width, root=image_root)
+                if not decode_mask(spec, height, width, root=image_root).any():
+                    issues.append((f"conversation {c}, mask {m}", WARNING + "the mask is empty (no pixel is set)"))
             except MaskDecodeError as e:
                 issues.append((f"conversation {c}, mask {m}", str(e)))
             except Exception as e:  # pycocotools raises bare errors on odd input
                 issues.append((f"conversation {c}, mask {m}", f"mask does not decode: {e}"))
     return issues
-
-
-def _image_size(path: Path, full_decode: bool) -> tuple[int, int]:
-    """(height, width) of an image; full_decode also decodes the pixels. ValueError if unusable."""
-    try:
-        with Image.open(path) as im:
-            if full_decode:
-                im.load()
-            width, height = im.size
-    except FileNotFoundError:
-        raise ValueError(f"image {path} not found") from None
-    except Exception as e:  # PIL raises OSError, SyntaxError, DecompressionBombError...
-        raise ValueError(f"image {path} does not decode: {e}") from None
-    return height, width

@@ -7,14 +7,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Problem:
-    """One bad record. `where` is a record index ("record 12"), a line ("line 7") or a key path."""
+    """One bad record. `where` is a record index ("record 12"), a line ("line 7") or a key path.
+    A warning is a record that is usable but probably not what was meant (an empty answer, an
+    empty mask): reported, never skipped."""
 
     file: str
     where: str
     reason: str
+    warning: bool = False
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.where}: {self.reason}"
+        return f"{'warning: ' if self.warning else ''}{self.file}: {self.where}: {self.reason}"
 
 
 class DataError(ValueError):

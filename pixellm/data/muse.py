@@ -1,10 +1,12 @@
-"""MUSE (PixelLM release) loader and validator; DESIGN.md section 4 is the contract.
+"""MUSE (PixelLM release) loader and validator.
 
 File: a JSON list of image records, each with `file_name` or `coco_url`, `height`, `width`,
 optional `image_id`, `questions` (list[str]), `answers` (per question: list of instance dicts
 with `segmentation`, `bbox`, `category_name`, optional `rephrased_name`) and optional
 `text_answers` (per question: str with one `{seg}` per instance, in order, or null).
 Every question becomes one QARecord whose masks are that question's instances, in order.
+Ids: image_id = the record's `image_id`, else its index in the list; question_id =
+"<record index>:<question index>".
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from PIL import Image
 from tqdm import tqdm
 
 from ..constants import NO_TARGET_ANSWER, SEG_PLACEHOLDER
+from ..conversation import codebook_token_in
 from .errors import DataError, Problem
+from .images import ImageReadError, image_size
 from .jsonio import read_json_list
 from .masks import MaskDecodeError, decode_mask
 from .records import QARecord
@@ -103,11 +106,16 @@ def structure_errors(rec: Any) -> list[str]:
     if texts is not None and (not isinstance(texts, list) or len(texts) != len(questions)
                               or not all(t is None or isinstance(t, str) for t in texts)):
         errs.append(f"'text_answers' must be a list of {len(questions)} strings or nulls")
+    for q, text in enumerate(questions + [t for t in (texts if isinstance(texts, list) else []) if isinstance(t, str)]):
+        if token := codebook_token_in(text):
+            kind = f"question {q}" if q < len(questions) else "text_answers"
+            errs.append(f"{kind}: contains the codebook token {token} (codebook tokens are the model's own)")
     return errs
 
 
 def image_candidates(rec: dict, image_root: Path) -> list[Path]:
-    """Where the record's image may lie, in lookup order (DESIGN.md section 4)."""
+    """Where the record's image may lie, in lookup order: `file_name` under the image root, then
+    under train2014/; `coco_url` under train2017/ or val2017/ as its URL says."""
     root = Path(image_root)
     if isinstance(rec.get("file_name"), str):
         return [root / rec["file_name"], root / "train2014" / rec["file_name"]]
@@ -164,24 +172,36 @@ def _questions(rec: dict, index: int, image_root: Path, split: str, stats: MuseS
 
 
 def load_muse(annotations: Path, image_root: Path, split: str = "train",
-              stats: MuseStats | None = None) -> list[QARecord]:
+              stats: MuseStats | None = None, skipped: list[Problem] | None = None) -> list[QARecord]:
     """One QARecord per question of every image record, in file order.
 
     stats: filled in place when given (answers from text_answers vs templated). Questions whose
     `{seg}` count mismatches their instances are also reported with a logging warning.
-    Raises DataError (file, record index, reason) on a malformed record or unreadable file.
+    Raises DataError (file, record index, reason) on a malformed record or unreadable file;
+    with `skipped` given, a malformed record is appended to it and left out instead (an
+    unreadable file, or one without any usable record, still raises).
     """
     path = Path(annotations)
     stats = stats if stats is not None else MuseStats()
     records: list[QARecord] = []
+    bad: list[Problem] = []
     for i, rec in enumerate(read_json_list(path)):
         errs = structure_errors(rec)
-        if errs:
-            raise DataError(Problem(str(path), f"record {i}", "; ".join(errs)))
         try:
-            records.extend(_questions(rec, i, Path(image_root), split, stats))
+            questions = [] if errs else _questions(rec, i, Path(image_root), split, stats)
         except ValueError as e:
-            raise DataError(Problem(str(path), f"record {i}", str(e))) from None
+            errs = [str(e)]
+        if errs:
+            if skipped is None:
+                raise DataError(Problem(str(path), f"record {i}", "; ".join(errs)))
+            bad.append(Problem(str(path), f"record {i}", "; ".join(errs)))
+            continue
+        records.extend(questions)
+    if skipped is not None:
+        skipped.extend(bad)
+        if bad and not records:
+            raise DataError(Problem(str(path), "file", f"no usable records ({len(bad)} bad; the first: "
+                                                       f"{bad[0].where}: {bad[0].reason})"))
     if stats.template_mismatch:
         log.warning("%s: %d of %d questions have a {seg} count that differs from their instances; "
                     "their answers were built from a template", path, stats.template_mismatch, stats.questions)
@@ -198,12 +218,10 @@ class ImageChecker:
         if not path.is_file():
             return f"image not found: {path}"
         try:
-            with Image.open(path) as im:
-                size = im.size
-                im.verify()
-        except Exception as e:  # PIL raises many types on corrupt files
-            return f"image {path} does not decode: {e}"
-        return size
+            height, width = image_size(path, full_decode=True)  # EXIF orientation applied
+        except ImageReadError as e:
+            return f"image {e}"
+        return width, height
 
     def __call__(self, path: Path, height: int, width: int) -> str | None:
         """None when fine, else the reason."""
@@ -218,6 +236,10 @@ class ImageChecker:
         return None
 
 
+WARNING = "warning: "
+"""Prefix of a reason that marks a usable record (a warning, not an error)."""
+
+
 def _content_problems(rec: dict, image_root: Path, images: ImageChecker) -> list[tuple[str, str]]:
     """(where suffix, reason) for masks, placeholder counts and the image of a sound record."""
     h, w = rec["height"], rec["width"]
@@ -226,7 +248,8 @@ def _content_problems(rec: dict, image_root: Path, images: ImageChecker) -> list
     for q, instances in enumerate(rec["answers"]):
         for k, inst in enumerate(instances):
             try:
-                decode_mask(inst["segmentation"], h, w)
+                if not decode_mask(inst["segmentation"], h, w).any():
+                    out.append((f" question {q} instance {k}", WARNING + "the mask is empty (no pixel is set)"))
             except MaskDecodeError as e:
                 out.append((f" question {q} instance {k}", f"bad segmentation: {e}"))
             except Exception as e:  # malformed specs can make pycocotools raise anything
@@ -262,7 +285,8 @@ def check_muse(annotations: Path, image_root: Path, progress: bool = False) -> t
         if errs:
             problems += [Problem(str(path), f"record {i}", reason) for reason in errs]
             continue
-        problems += [Problem(str(path), f"record {i}{where}", reason)
+        problems += [Problem(str(path), f"record {i}{where}", reason.removeprefix(WARNING),
+                             warning=reason.startswith(WARNING))
                      for where, reason in _content_problems(rec, Path(image_root), images)]
     return len(data), problems
 

@@ -25,7 +25,7 @@ class QARecord:
     masks: one MaskSpec per target, in answer order.
     phrases: optional per-target phrase (what the mask refers to), same order as masks.
     height, width: the image size the masks are encoded for (None: read from the image).
-    question_id: unique inside its source (DESIGN.md section 4 gives the scheme per format).
+    question_id: unique inside its source; each loader's docstring gives its scheme.
     mask_root: folder that relative PNG mask paths resolve against.
     """
 

@@ -1,7 +1,9 @@
 """`pixellm validate-data {muse,refer,grefcoco,custom} ...`: report every bad record, never crash.
 
-Prints one line per problem (`file: where: reason`) to stdout, then a summary line
-(`N records checked, M problems found`). Exit status 0 when clean, 1 when not, 2 on bad usage.
+Prints one line per problem (`file: where: reason`; `warning: file: where: reason` for a record
+that is usable but probably not what was meant: an empty answer, an empty mask) to stdout, then a
+summary line (`N records checked, M problems found, K warnings`). Exit status 0 when no problem
+(warnings allowed), 1 with problems, 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def _target(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate, print problems and a summary; 0 when clean, 1 with problems, 2 on bad usage."""
+    """Validate, print problems and a summary; 0 without problems (warnings allowed), 1 with
+    problems, 2 on bad usage."""
     usage = _usage_error(args)
     if usage:
         print(f"pixellm: error: {usage}", file=sys.stderr)
@@ -87,5 +90,6 @@ def run(args: argparse.Namespace) -> int:
         checked, problems = 0, [Problem(_target(args), "-", f"internal error {type(e).__name__}: {e}")]
     for problem in problems:
         print(problem)
-    print(f"{checked} records checked, {len(problems)} problems found")
-    return 1 if problems else 0
+    errors = [p for p in problems if not p.warning]
+    print(f"{checked} records checked, {len(errors)} problems found, {len(problems) - len(errors)} warnings")
+    return 1 if errors else 0

@@ -14,24 +14,25 @@ question_id = "<record index>:<turn index>".
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from ..constants import IMAGE_TOKEN, SEG_PLACEHOLDER
+from ..constants import SEG_PLACEHOLDER
+from ..conversation import codebook_token_in, strip_image_tag
 from .errors import DataError, Problem
 from .jsonio import read_json_list
 from .records import QARecord
 
 HUMAN_ROLES = ("human", "user")
 GPT_ROLES = ("gpt", "assistant")
-_IMAGE_TAG = re.compile(r"\s*" + re.escape(IMAGE_TOKEN) + r"\s*")
 
 
-def load_vqa(annotations: Path, image_root: Path, max_turns: int | None = None) -> list[QARecord]:
+def load_vqa(annotations: Path, image_root: Path, max_turns: int | None = None,
+             skipped: list[Problem] | None = None) -> list[QARecord]:
     """One QARecord per human/gpt pair (at most `max_turns` pairs per record, from the start).
 
-    Raises DataError naming the file, the record index and the reason for a malformed record.
+    Raises DataError naming the file, the record index and the reason for a malformed record;
+    with `skipped` given, the record is appended to it and left out instead.
     """
     annotations, image_root = Path(annotations), Path(image_root)
     data = read_json_list(annotations)
@@ -40,13 +41,13 @@ def load_vqa(annotations: Path, image_root: Path, max_turns: int | None = None) 
         try:
             records.extend(_record_to_qa(record, index, image_root, max_turns))
         except ValueError as e:
-            raise DataError(Problem(str(annotations), f"record {index}", str(e))) from None
+            problem = Problem(str(annotations), f"record {index}", str(e))
+            if skipped is None:
+                raise DataError(problem) from None
+            skipped.append(problem)
+    if skipped is not None and data and not records:
+        raise DataError(Problem(str(annotations), "file", f"no usable records ({len(data)} bad)"))
     return records
-
-
-def strip_image_tag(text: str) -> str:
-    """The question without "<image>" and the whitespace around it."""
-    return _IMAGE_TAG.sub(" ", text).strip()
 
 
 def _record_to_qa(record: Any, index: int, image_root: Path, max_turns: int | None) -> list[QARecord]:
@@ -75,6 +76,8 @@ def _record_to_qa(record: Any, index: int, image_root: Path, max_turns: int | No
             raise ValueError(f"turn {2 * t}: the question is empty")
         if SEG_PLACEHOLDER in answer:
             raise ValueError(f"turn {2 * t + 1}: the answer contains {SEG_PLACEHOLDER} but VQA data has no masks")
+        if token := codebook_token_in(question + answer):
+            raise ValueError(f"turn {2 * t}: contains the codebook token {token} (codebook tokens are the model's own)")
         out.append(QARecord(
             source="vqa", image_path=image_root / image, image_id=image_id,
             question_id=f"{index}:{t}", question=question, answer=answer.strip(),
