@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
 
+from pixellm.data.skips import SKIPPED_FILE, SkipLog, skip_entry
 from pixellm.data.sources import load_source
-from pixellm.evaluation.datasets import parse_dataset
-from pixellm.evaluation.loading import load_model
+from pixellm.entry import user_errors_exit
+from pixellm.evaluation.datasets import EvalDataset, parse_dataset
+from pixellm.evaluation.loading import eval_config, load_model
 from pixellm.evaluation.report import format_table
 from pixellm.evaluation.runner import evaluate_split
 from pixellm.precision import DTYPE_CHOICES, resolve_dtype
@@ -54,28 +57,41 @@ def _distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+@user_errors_exit  # a config error exits 2, a data error 1, each as one `error:` line
 def main(argv=None) -> dict:
     args = parse_args(argv)
     rank, world = _distributed()
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if args.device == "cuda" else args.device
-    model, cfg = load_model(args.model, overrides=args.overrides, device=device, dtype=resolve_dtype(args.dtype, device))
-    predictor = PixelLMPredictor(model)
+    cfg = eval_config(args.model, args.overrides)
     out = Path(args.out or cfg.eval.output_dir)
+    skips = SkipLog(out / SKIPPED_FILE if rank == 0 else None)
+    splits = [(ds, load_split(ds, cfg, skips)) for ds in (
+        parse_dataset(t, data_root=args.data_root, image_root=args.image_root, protocol=args.protocol) for t in args.dataset)]
+    model, cfg = load_model(args.model, cfg=cfg, device=device, dtype=resolve_dtype(args.dtype, device))  # data first
+    predictor = PixelLMPredictor(model)
     results = {}
-    for text in args.dataset:
-        ds = parse_dataset(text, data_root=args.data_root, image_root=args.image_root, protocol=args.protocol)
-        records = limit_images(load_source(ds.source, cfg.data, mode="eval", where=f"--dataset {text}"), cfg.eval.limit_images)
+    for ds, records in splits:
         for mode in ds.modes:
             key = ds.name if len(ds.modes) == 1 else f"{ds.name}/{mode}"
             folder = out / key.replace(":", "_").replace("/", "_")
             results[key] = evaluate_split(
                 predictor, records, ds.protocol, mode, folder, batch_size=cfg.eval.batch_size,
-                max_new_tokens=cfg.eval.max_new_tokens, rank=rank, world_size=world, split=ds.source.split,
+                max_new_tokens=cfg.eval.max_new_tokens, rank=rank, world_size=world, split=ds.source.split, skips=skips,
             )
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(results, indent=2, sort_keys=True))
         print(format_table(results))
+        if skips.events:
+            print(f"data: {skips.summary()}", file=sys.stderr)
     return results
+
+
+def load_split(ds: EvalDataset, cfg, skips: SkipLog) -> list:
+    """The split's records (limited by eval.limit_images); malformed ones are written to `skips`."""
+    bad: list = []
+    records = load_source(ds.source, cfg.data, mode="eval", where=f"--dataset {ds.name}", skipped=bad)
+    skips.add([skip_entry(p, source=ds.name, stage="load") for p in bad])
+    return limit_images(records, cfg.eval.limit_images)
 
 
 if __name__ == "__main__":

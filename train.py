@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from pixellm.build import save_pixellm
 from pixellm.config import config_to_dict, load_config
+from pixellm.data.skips import SKIPPED_FILE, SkipLog
+from pixellm.entry import user_errors_exit
 from pixellm.training.checkpoint import find_resume, load_checkpoint, save_checkpoint
 from pixellm.training.distributed import init_distributed
 from pixellm.training.logger import RunLogger
@@ -29,9 +31,11 @@ from pixellm.training.setup import (
     build_mixture,
     build_model,
     deepspeed_config,
+    load_training_records,
     make_engine,
     make_loader,
     param_checksum,
+    prepare_run_folder,
     seed_everything,
     seed_rank_streams,
 )
@@ -50,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@user_errors_exit  # a config error exits 2, a data error 1, each as one `error:` line
 def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
     """Run training; returns this process's per-step losses and the trained model.
     stop_after: end after that many steps of this call, as if killed (tests of resume)."""
@@ -59,14 +64,17 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
     dist = init_distributed()
     logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING, format="%(message)s")
     out = Path(cfg.train.output_dir)
-    ds_cfg = deepspeed_config(cfg, dist)
+    ds_cfg = deepspeed_config(cfg, dist, args.config)
+    prepare_run_folder(out, cfg.train, dist)
+    skips = SkipLog(out / SKIPPED_FILE if dist.is_main else None)
+    sources = load_training_records(cfg, skips)  # data problems surface before the model is built
     seed_everything(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg, dist, ds_cfg)
     seed_rank_streams(cfg.train.seed, dist.rank)  # different dropout on each rank
     if dist.is_main:
         save_pixellm(model, out / "model", weights=False)  # architecture + tokenizer, for export
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    data = build_mixture(cfg, model)
+    data = build_mixture(cfg, model, sources)
     engine = make_engine(model, cfg, ds_cfg)
     resume = find_resume(cfg.train.resume, out)
     start = load_checkpoint(engine, resume, dist) if resume else 0
@@ -96,20 +104,22 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
         bar.set_postfix(loss=f"{stats['total']:.3f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
         done = step + 1
         if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
+            skips.add(meter.take_skips())
             norm = {} if grad_norm is None else {"grad_norm": grad_norm}
             logger.log(done, {**stats, "lr": lr, **norm, "samples_per_s": rate, "skipped": meter.skipped,
                               "dropped_targets": meter.dropped_targets, **{f"n_{k}": v for k, v in meter.sources.items()}})
         meter.reset()
         t0 = time.time()
         if cfg.train.eval_every and done % cfg.train.eval_every == 0:
-            logger.log(done, validate(engine.module, cfg, dist, out / f"val_step{done}"))
+            logger.log(done, validate(engine.module, cfg, dist, out / f"val_step{done}", skips))
         last = done == cfg.train.max_steps
         if (cfg.train.save_every and done % cfg.train.save_every == 0) or last:
             save_checkpoint(engine, out, done, dist, cfg.train.keep_last)
         if stop_after is not None and done - start >= stop_after:
             break
-    if meter.skipped or meter.dropped_targets:
-        log.warning("data: %d unusable records skipped, %d targets dropped by truncation", meter.skipped, meter.dropped_targets)
+    skips.add(meter.take_skips())
+    if skips.events or meter.dropped_targets:
+        log.warning("data: %s; %d targets dropped by truncation", skips.summary(), meter.dropped_targets)
     logger.close()
     result = TrainResult(losses, engine.module, param_checksum(engine.module), grad_norms)
     (out / f"summary_rank{dist.rank}.json").write_text(json.dumps(

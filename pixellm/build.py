@@ -53,11 +53,38 @@ def load_llava(
     path = cfg.llava_path or DEFAULT_CHECKPOINTS.get(cfg.preset)
     if path is None:
         raise ConfigError(f"model.llava_path is required for preset {cfg.preset!r}")
+    check_llava_folder(path)
     dtype = dtype or torch.float32
     llava = LlavaForConditionalGeneration.from_pretrained(
         path, dtype=dtype, attn_implementation=resolve_attn_implementation(cfg.attn_implementation, device, dtype)
     )
     return (llava if partitioned else llava.to(device)), AutoTokenizer.from_pretrained(path)
+
+
+def check_llava_folder(path: str | Path) -> None:
+    """A local `model.llava_path` must be a llava-hf checkpoint (config.json with model_type
+    "llava"); anything else is a ConfigError saying what was found, before any weight is read
+    (transformers would otherwise build a default-size model for a folder it does not know).
+    Hub ids (no such local folder) are left to transformers."""
+    folder = Path(path)
+    if not folder.is_dir():
+        if folder.exists() or str(path).startswith((".", "/", "~")):
+            raise ConfigError(f"model.llava_path={path}: no such folder")
+        return  # a hub id
+    if (folder / CONFIG_NAME).is_file():
+        raise ConfigError(f"model.llava_path={path} is an exported PixelLM model, not a llava-hf checkpoint: "
+                          f"to fine-tune it, set model.init_from: {path}")
+    config = folder / "config.json"
+    if not config.is_file():
+        found = ", ".join(sorted(p.name for p in folder.iterdir())[:6]) or "nothing"
+        raise ConfigError(f"model.llava_path={path} is not a llava-hf checkpoint: no config.json (found {found})")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError):
+        raise ConfigError(f"model.llava_path={path}: config.json is not a JSON object") from None
+    if model_type != "llava":
+        raise ConfigError(f"model.llava_path={path} holds a {model_type!r} model, not a llava-hf LLaVA checkpoint "
+                          "(model_type 'llava', e.g. llava-hf/llava-1.5-7b-hf)")
 
 
 def is_random_tiny(cfg: ModelConfig) -> bool:
@@ -99,6 +126,8 @@ def build_pixellm(
     partitioned, so no rank ever holds the whole model (call it on every rank, after
     `deepspeed.init_distributed`).
     """
+    if cfg.init_from is not None:
+        return load_for_finetuning(cfg, device=device, dtype=dtype)
     with zero3_build(ds_config) as hf_zero3:
         partitioned = hf_zero3 is not None
         if llava is None:
@@ -198,6 +227,53 @@ def setup_trainable(model: PixelLM) -> None:
     model.decoder.requires_grad_(True)
     if s.train_vision:
         model.vision_tower.requires_grad_(True)
+
+
+def fold_adapters(model: PixelLM) -> PixelLM:
+    """Merge LoRA and the trained codebook rows into the base weights and remove every peft
+    wrapper, in place: the LLaVA inside is plain again, ready for `setup_trainable` with other
+    settings (settings are left as they were)."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import TrainableTokensWrapper
+
+    with torch.no_grad():
+        for name, module in list(model.llava.named_modules()):
+            if isinstance(module, LoraLayer):
+                module.merge()
+                _set_child(model.llava, name, module.get_base_layer())
+            elif isinstance(module, TrainableTokensWrapper):
+                plain = module.unload_and_optionally_merge_module(merge=True, safe_merge=True, adapter_names=None)
+                _set_child(model.llava, name, plain)
+    if hasattr(model.llava, "peft_config"):
+        del model.llava.peft_config  # the old adapters are gone; peft must not stack new ones on them
+    return model
+
+
+def _set_child(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def load_for_finetuning(cfg: ModelConfig, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> PixelLM:
+    """`model.init_from`: an exported PixelLM (weights, tokenizer, codebook, decoder) to train
+    further. Its saved architecture is kept; what trains (lora, train_llm, train_vision) comes
+    from `cfg`. Adapters it was saved with are merged first, so new ones
+    start at zero and the first forward equals the exported model's. Loaded whole on every rank
+    (ZeRO-3 partitions it at deepspeed.initialize)."""
+    path = Path(cfg.init_from)
+    if not (path / CONFIG_NAME).is_file():
+        what = "no such folder" if not path.is_dir() else f"no {CONFIG_NAME} (export one with `pixellm export`)"
+        raise ConfigError(f"model.init_from={path}: not an exported PixelLM model: {what}")
+    model = load_pixellm(path, device=device, dtype=dtype)
+    fold_adapters(model)
+    settings = dataclasses.replace(
+        model.config.settings, lora=cfg.lora, train_llm=cfg.train_llm, train_vision=cfg.train_vision,
+        init_from=str(path),
+    )
+    model.config = dataclasses.replace(model.config, settings=settings)
+    setup_trainable(model)
+    model.hf_zero3_config = None
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
 def save_pixellm(model: PixelLM, path: str | Path, *, weights: bool = True) -> None:

@@ -20,6 +20,14 @@ class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
 
 
+def _at_least(prefix: str, **values: tuple[float, float]) -> None:
+    """ConfigError naming the dotted key of the first value below its minimum:
+    `_at_least("train", batch_size=(cfg.batch_size, 1))`."""
+    for key, (value, low) in values.items():
+        if value < low:
+            raise ConfigError(f"{prefix}.{key} must be >= {low:g}, got {value}")
+
+
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
     """A dataclass field carrying help text (shown by `pixellm config --help`-style tooling)."""
     if factory is not dataclasses.MISSING:
@@ -89,6 +97,10 @@ class ModelConfig:
         "LLaVA-1.5 checkpoint (hub id or folder) in the llava-hf layout; None = the preset's default.",
         None,
     )
+    init_from: str | None = _help(
+        "An exported PixelLM folder (`pixellm export`) to fine-tune: its weights, tokenizer, codebook "
+        "and decoder, and its architecture (the saved one wins over this section's); what trains (lora, "
+        "train_llm, train_vision) comes from this config, with a fresh optimizer and schedule.", None)
     num_scales: int = _help("Codebook scales L.", 2)
     tokens_per_scale: int = _help("Codebook tokens per scale N.", 3)
     decoder_layers: list[int] = _help(
@@ -168,6 +180,9 @@ class DataConfig:
     seed: int = _help("Mixture sampling seed.", 0)
     synthetic: SyntheticSettings = _help("Synthetic task settings.", factory=SyntheticSettings)
 
+    def __post_init__(self) -> None:
+        _at_least("data", max_length=(self.max_length, 16), num_workers=(self.num_workers, 0))
+
 
 @dataclass
 class LossWeights:
@@ -206,11 +221,22 @@ class TrainConfig:
     save_every: int = _help("Checkpoint every N steps (0 = end only).", 0)
     keep_last: int = _help("Checkpoints to keep.", 2)
     resume: str | None = _help("'auto' or a checkpoint folder.", None)
+    overwrite: bool = _help("Replace a non-empty output_dir (its contents are deleted); without it, and "
+                            "without resume, a non-empty output_dir is refused so two runs never mix.", False)
     eval_every: int = _help("Validate every N steps (0 = off).", 0)
     log_every: int = _help("Log every N steps.", 10)
     wandb_mode: Literal["online", "offline", "disabled"] = _help("wandb mode (WANDB_MODE wins).", "disabled")
     wandb_project: str = _help("wandb project.", "pixellm")
     loss: LossWeights = _help("Loss weights.", factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        _at_least("train", batch_size=(self.batch_size, 1), grad_accum=(self.grad_accum, 1),
+                  max_steps=(self.max_steps, 1), warmup_steps=(self.warmup_steps, 0), lr=(self.lr, 0),
+                  weight_decay=(self.weight_decay, 0), clip_grad=(self.clip_grad, 0),
+                  save_every=(self.save_every, 0), keep_last=(self.keep_last, 0),
+                  eval_every=(self.eval_every, 0), log_every=(self.log_every, 1))
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass
@@ -219,6 +245,10 @@ class EvalConfig:
     batch_size: int = _help("Questions per forward.", 8)
     max_new_tokens: int = _help("Generation budget per answer.", 128)
     limit_images: int | None = _help("Evaluate only the first N images of each split (None = all).", None)
+
+    def __post_init__(self) -> None:
+        _at_least("eval", batch_size=(self.batch_size, 1), max_new_tokens=(self.max_new_tokens, 1),
+                  limit_images=(1 if self.limit_images is None else self.limit_images, 1))
 
 
 @dataclass
@@ -287,7 +317,8 @@ def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+        message = str(e)
+        raise ConfigError(message if prefix and message.startswith(prefix) else f"{prefix or 'config'}: {message}") from None
 
 
 def _deep_merge(base: dict, override: dict) -> dict:

@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 
 import torch
-from peft.tuners.lora import LoraLayer
-from peft.utils import TrainableTokensWrapper
 
-from .build import build_skeleton, read_config, setup_trainable
+from .build import build_skeleton, fold_adapters, read_config, setup_trainable
 from .modeling.pixellm import PixelLM
 from .training.checkpoint import COMPLETE, LATEST
 
@@ -47,26 +45,13 @@ def load_from_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dty
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
-def _set_child(root: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
-
-
-@torch.no_grad()
 def merge_adapters(model: PixelLM) -> PixelLM:
     """Fold LoRA and the trained codebook rows into the base weights, in place. The result has
     the structure of a LoRA-free model (`model.lora.enabled = False`), so it saves and reloads
     with the usual code; fine-tuning it again starts from fresh adapters."""
-    for name, module in list(model.llava.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-            _set_child(model.llava, name, module.get_base_layer())
-        elif isinstance(module, TrainableTokensWrapper):
-            _set_child(model.llava, name, module.unload_and_optionally_merge_module(merge=True, safe_merge=True, adapter_names=None))
+    fold_adapters(model)
     settings = dataclasses.replace(model.config.settings, lora=dataclasses.replace(model.config.settings.lora, enabled=False))
     model.config = dataclasses.replace(model.config, settings=settings)
-    if hasattr(model.llava, "peft_config"):
-        del model.llava.peft_config  # the old adapters are gone; peft must not stack new ones on them
     setup_trainable(model)  # zero-initialised codebook-row adapters, as a fresh LoRA-free build has
     return model
 

@@ -142,8 +142,10 @@ def test_unusable_record_is_replaced_by_the_next_and_counted(real_proc, tmp_path
     assert data[0].question_id == "good-0" and data[0].extra["skipped"] == []
     replaced = data[1]
     assert replaced.question_id == "good-1" and replaced.extra["source"] == "mixed"
-    (reason,) = replaced.extra["skipped"]
-    assert "mixed bad-0" in reason and "/nonexistent/bad/0.png" in reason
+    (entry,) = replaced.extra["skipped"]
+    assert entry["source"] == "mixed" and entry["stage"] == "train"
+    assert entry["file"] == "/nonexistent/bad/0.png" and entry["where"] == "question bad-0"
+    assert "not found" in entry["reason"]
     # wraps around the end
     wrapped = QADataset([good[0], bad[0]], real_proc, name="w")[1]
     assert wrapped.question_id == "good-0" and len(wrapped.extra["skipped"]) == 1

@@ -80,7 +80,7 @@ def test_a_crash_mid_save_leaves_latest_on_the_previous_complete_checkpoint(tmp_
         save_checkpoint(FakeEngine(crash=True), tmp_path, 6, dist, keep_last=2)
     assert (tmp_path / "checkpoints" / LATEST).read_text() == "step_3"
     assert find_resume("auto", tmp_path).name == "step_3"
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(ConfigError, match="not a complete checkpoint"):
         find_resume(str(tmp_path / "checkpoints" / "step_6"), tmp_path)
 
 

@@ -11,14 +11,17 @@ from torch.utils.data import Dataset, Sampler
 from .batch import Sample
 from .errors import DataError
 from .records import QARecord
+from .skips import skip_entry
 
 log = logging.getLogger(__name__)
 
 
 class QADataset(Dataset):
-    """QARecords through the processor. A record that cannot be used (bad file, too long even
-    with targets dropped) is replaced by the next usable one, and the replacement is recorded in
-    the returned sample's `extra["skipped"]` so the training loop counts and reports it."""
+    """QARecords through the processor. A record that cannot be used (bad image or mask, too
+    long even with targets dropped, the model's tokens in its text) is replaced by the next
+    usable one, and each replaced record is put in the returned sample's `extra["skipped"]`
+    (skips.skip_entry dicts: file, where, reason) so the training loop writes it to
+    skipped.jsonl and counts it."""
 
     def __init__(self, records: list[QARecord], processor, name: str = "") -> None:
         if not records:
@@ -35,12 +38,14 @@ class QADataset(Dataset):
             try:
                 sample = self.processor(record)
             except DataError as e:
-                skipped.append(f"{self.name} {record.question_id}: {e}")
+                skipped.append(skip_entry(e, source=self.name, stage="train", question_id=record.question_id))
                 continue
             sample.extra["skipped"] = skipped
             sample.extra["source"] = self.name
             return sample
-        raise DataError(f"{self.name}: 100 consecutive records could not be used; first: {skipped[0]}")
+        first = skipped[0]
+        raise DataError(f"{self.name}: 100 consecutive records could not be used; the first: "
+                        f"{first['file']}: {first['where']}: {first['reason']}")
 
 
 class MixtureDataset(Dataset):

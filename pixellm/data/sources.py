@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..config import ConfigError, DataConfig, SourceConfig
+from .errors import Problem
 from .records import QARecord
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,12 @@ def ensure_synthetic(data: DataConfig) -> Path:
     return out
 
 
-def load_source(spec: SourceConfig, data: DataConfig, *, mode: str = "train", where: str = "data") -> list[QARecord]:
+def load_source(spec: SourceConfig, data: DataConfig, *, mode: str = "train", where: str = "data",
+                skipped: list[Problem] | None = None) -> list[QARecord]:
     """Records of one configured source. mode: "train" (REFER groups expressions into
-    multi-target questions) or "eval" (one question per expression)."""
+    multi-target questions) or "eval" (one question per expression). skipped: when given,
+    the custom, MUSE and VQA loaders append a malformed record to it and go on (skips.py)
+    instead of raising; a source without any usable record raises DataError either way."""
     missing = [k for k in REQUIRED[spec.type] if getattr(spec, k) is None]
     if missing:
         raise ConfigError(f"{where}: a {spec.type} source needs {', '.join(missing)}")
@@ -62,19 +66,19 @@ def load_source(spec: SourceConfig, data: DataConfig, *, mode: str = "train", wh
         from .custom import load_custom
 
         root = ensure_synthetic(data)
-        return load_custom(root / f"{spec.split}.jsonl", root, source=source_name(spec))
+        return load_custom(root / f"{spec.split}.jsonl", root, source=source_name(spec), skipped=skipped)
     if spec.type == "custom":
         from .custom import load_custom
 
-        return load_custom(p(spec.annotations), p(spec.image_root), source=source_name(spec))
+        return load_custom(p(spec.annotations), p(spec.image_root), source=source_name(spec), skipped=skipped)
     if spec.type == "muse":
         from .muse import load_muse
 
-        return load_muse(p(spec.annotations), p(spec.image_root), spec.split)
+        return load_muse(p(spec.annotations), p(spec.image_root), spec.split, skipped=skipped)
     if spec.type == "vqa":
         from .vqa import load_vqa
 
-        return load_vqa(p(spec.annotations), p(spec.image_root))
+        return load_vqa(p(spec.annotations), p(spec.image_root), skipped=skipped)
     if spec.type == "refer":
         from .refer import load_refer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import SourceConfig
+from ..config import ConfigError, SourceConfig
 
 REFER_NAMES = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd", "refclef": "unc"}
 
@@ -28,7 +28,7 @@ def parse_dataset(text: str, *, data_root: str = "data", image_root: str | None 
     Paths follow the README layout under `data_root`; `image_root` overrides the image folder.
     """
     if ":" not in text:
-        raise ValueError(f"--dataset {text!r}: expected NAME:SPLIT, e.g. refcoco:val or synthetic:val")
+        raise ConfigError(f"--dataset {text!r}: expected NAME:SPLIT, e.g. refcoco:val or synthetic:val")
     name, split = text.split(":", 1)
     root = Path(data_root)
     both = ("teacher_forced", "generated") if protocol == "both" else (protocol,)
@@ -48,4 +48,4 @@ def parse_dataset(text: str, *, data_root: str = "data", image_root: str | None 
         src = SourceConfig(type=kind, root=str(root / "refer_seg"), name=base,
                            split_by=split_by or REFER_NAMES.get(base, "unc"), split=split, image_root=image_root)
         return EvalDataset(text, src, kind, both)
-    raise ValueError(f"--dataset {text!r}: unknown dataset {base!r}")
+    raise ConfigError(f"--dataset {text!r}: unknown dataset {base!r}")

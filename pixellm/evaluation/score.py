@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from pixellm.data.errors import DataError, Problem
+from pixellm.data.images import ImageReadError
 from pixellm.data.masks import MaskDecodeError, decode_mask
 from pixellm.data.records import QARecord
+from pixellm.data.skips import skip_entry
 
 from .metrics import PROTOCOLS, Scorer, warn_ignored
 from .predictions import decode_prediction_masks, read_predictions
@@ -26,11 +28,9 @@ def image_size(record: QARecord) -> tuple[int, int]:
     """(height, width) of the record's image: the stored size, else read from the image header."""
     if record.height is not None and record.width is not None:
         return int(record.height), int(record.width)
-    from PIL import Image
+    from ..data.images import image_size as read_size
 
-    with Image.open(record.image_path) as im:
-        w, h = im.size
-    return h, w
+    return read_size(record.image_path)
 
 
 def gt_masks(record: QARecord, size: tuple[int, int] | None = None) -> list[np.ndarray]:
@@ -43,27 +43,41 @@ def gt_masks(record: QARecord, size: tuple[int, int] | None = None) -> list[np.n
         raise DataError(Problem(str(record.image_path), where, f"ground-truth mask: {e}")) from None
 
 
-def score_predictions(protocol: str, records: Sequence[QARecord], predictions: dict[str, dict]) -> dict:
+def score_predictions(
+    protocol: str, records: Sequence[QARecord], predictions: dict[str, dict], skipped: list[dict] | None = None
+) -> dict:
     """Score `predictions` ({question_id: predictions record}, as `read_predictions` returns)
     against the ground truth in `records` under `protocol` (see `metrics`).
 
     Questions are streamed (one question's masks in memory at a time) in record order. A
     question without a prediction scores as zero masks; predictions for question ids not in
-    `records` are ignored with a warning (`num_ignored_predictions`).
+    `records` are ignored with a warning (`num_ignored_predictions`). A question whose ground
+    truth does not decode is left out of the scores and appended to `skipped` with the reason;
+    `num_skipped` counts the questions skipped here or before (entries already in `skipped`).
     """
     scorer = Scorer(protocol)
     seen: set[str] = set()
+    skipped = [] if skipped is None else skipped
+    unscored = {e["where"] for e in skipped}
     for record in records:
         qid = str(record.question_id)
         if qid in seen:
             raise ValueError(f"question_id {qid!r} occurs twice in the ground truth")
         seen.add(qid)
-        size = image_size(record)
+        try:
+            size = image_size(record)
+            gts = gt_masks(record, size)
+        except (DataError, ImageReadError) as e:  # the ground truth itself is unusable: skip it
+            skipped.append(skip_entry(e if isinstance(e, DataError) else str(e), source=record.source, stage="score",
+                                      question_id=qid))
+            unscored.add(f"question {qid}")
+            continue
         pred = predictions.get(qid)
         pred_masks = None if pred is None else decode_prediction_masks(pred, *size)
-        scorer.add(gt_masks(record, size), pred_masks)
+        scorer.add(gts, pred_masks)
     out = scorer.result()
     out["num_ignored_predictions"] = warn_ignored(set(predictions) - seen)
+    out["num_skipped"] = len(unscored)
     return out
 
 
@@ -105,10 +119,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         predictions = read_predictions(args.predictions)
         records = load_records(args)
-        result = score_predictions(args.protocol, records, predictions)
+        skipped: list[dict] = []
+        result = score_predictions(args.protocol, records, predictions, skipped=skipped)
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    for e in skipped:
+        print(f"skipped: {e['file']}: {e['where']}: {e['reason']}", file=sys.stderr)
     if args.protocol != "custom":
         result["split"] = args.split or "val"
     print(json.dumps(result, sort_keys=True))

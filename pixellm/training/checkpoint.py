@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigError
 from .distributed import DistInfo, barrier
 
 LATEST = "latest"
@@ -83,7 +84,7 @@ def find_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     else:
         path = Path(resume)
     if not (path / COMPLETE).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
+        raise ConfigError(f"train.resume={resume}: {path} is not a complete checkpoint (no {COMPLETE} marker)")
     return path
 
 

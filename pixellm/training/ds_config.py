@@ -82,11 +82,31 @@ def _use_torch_adamw(cfg: dict, device: torch.device) -> None:
         params["fused"] = True
 
 
-def load_deepspeed_config(path: str | Path, train: TrainConfig, *, world_size: int, device: torch.device) -> dict:
+PACKAGE_DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
+"""zero2.json, zero3.json, zero3_offload.json, shipped with the package (the repository's
+top-level ds_configs/ points here)."""
+
+
+def resolve_deepspeed_path(path: str | Path, config_file: str | Path | None = None) -> Path:
+    """Where `train.deepspeed` points: an absolute path as it is; a relative one next to the
+    config file, then in the working directory, then by name among the package's own
+    ds_configs/. ConfigError listing the places tried."""
+    p = Path(path)
+    tried = [p] if p.is_absolute() else [
+        *([Path(config_file).parent / p] if config_file is not None else []), Path.cwd() / p, PACKAGE_DS_CONFIGS / p.name,
+    ]
+    found = next((c for c in tried if c.is_file()), None)
+    if found is None:
+        raise ConfigError(f"train.deepspeed: {path} not found (looked for {', '.join(map(str, tried))})")
+    return found
+
+
+def load_deepspeed_config(path: str | Path, train: TrainConfig, *, world_size: int, device: torch.device,
+                          config_file: str | Path | None = None) -> dict:
+    """The DeepSpeed JSON `path` (resolve_deepspeed_path) filled from `train`."""
+    path = resolve_deepspeed_path(path, config_file)
     try:
-        template = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"train.deepspeed: {path} not found") from None
+        template = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"train.deepspeed: {path} is not valid JSON: {e}") from None
     return fill_deepspeed_config(template, train, world_size=world_size, device=device)

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ..build import build_pixellm
-from ..config import Config
+from ..config import Config, ConfigError, TrainConfig
 from ..data.batch import Batch, collate
+from ..data.errors import Problem
 from ..data.mixture import MixtureDataset, QADataset, StepSampler
+from ..data.records import QARecord
+from ..data.skips import SkipLog, skip_entry
 from ..data.sources import load_source, source_name
 from ..modeling.pixellm import PixelLM
 from ..modeling.zero3 import gathered, zero_stage
 from ..processor import PixelLMProcessor
-from .distributed import DistInfo
+from .distributed import DistInfo, barrier
 from .ds_config import load_deepspeed_config
 
 log = logging.getLogger("pixellm.train")
@@ -43,9 +48,11 @@ def seed_rank_streams(seed: int, rank: int) -> None:
     torch.manual_seed(state)
 
 
-def deepspeed_config(cfg: Config, dist: DistInfo) -> dict:
-    """The run's DeepSpeed config, filled from `cfg.train` (one home: build and engine share it)."""
-    return load_deepspeed_config(cfg.train.deepspeed, cfg.train, world_size=dist.world_size, device=dist.device)
+def deepspeed_config(cfg: Config, dist: DistInfo, config_file: str | Path | None = None) -> dict:
+    """The run's DeepSpeed config, filled from `cfg.train` (one home: build and engine share it);
+    a relative `train.deepspeed` resolves next to `config_file` first (resolve_deepspeed_path)."""
+    return load_deepspeed_config(cfg.train.deepspeed, cfg.train, world_size=dist.world_size, device=dist.device,
+                                 config_file=config_file)
 
 
 def build_model(cfg: Config, dist: DistInfo, ds_cfg: dict) -> PixelLM:
@@ -56,15 +63,45 @@ def build_model(cfg: Config, dist: DistInfo, ds_cfg: dict) -> PixelLM:
     return build_pixellm(cfg.model, device=dist.device, dtype=dtype, ds_config=ds_cfg)
 
 
-def build_mixture(cfg: Config, model: PixelLM) -> MixtureDataset:
-    """The training mixture from `data.train`, with per-source record counts logged."""
+def prepare_run_folder(out: Path, train: TrainConfig, dist: DistInfo) -> None:
+    """Never mix two runs in one folder: a non-empty `out` needs train.resume (continue the run
+    there) or train.overwrite=true (rank 0 deletes its contents first). ConfigError otherwise."""
+    existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if existing and train.resume is None and not train.overwrite:
+        raise ConfigError(
+            f"train.output_dir={out} already holds a run ({', '.join(existing[:4])}{', ...' if len(existing) > 4 else ''}): "
+            "set train.resume=auto to continue it, train.overwrite=true to replace it, or choose another folder")
+    barrier()  # every rank has looked before rank 0 deletes
+    if existing and train.resume is None and dist.is_main:
+        shutil.rmtree(out)
+    barrier()
+
+
+def load_training_records(cfg: Config, skips: SkipLog) -> list[tuple[str, list[QARecord]]]:
+    """(name, records) of every `data.train` source, read before the model is built, so that a
+    missing file or a source without a usable record stops the run at once (DataError); the
+    `data.val` sources are read once too, for the same reason. Bad training records are skipped
+    and written to `skips` (stage "load")."""
     if not cfg.data.train:
-        raise ValueError("data.train is empty: list at least one source in the config")
+        raise ConfigError("data.train is empty: list at least one source in the config")
+    for i, spec in enumerate(cfg.data.val):
+        load_source(spec, cfg.data, mode="eval", where=f"data.val[{i}]", skipped=[])
+    sources = []
+    for i, spec in enumerate(cfg.data.train):
+        bad: list[Problem] = []
+        records = load_source(spec, cfg.data, mode="train", where=f"data.train[{i}]", skipped=bad)
+        skips.add([skip_entry(p, source=source_name(spec), stage="load") for p in bad])
+        if bad:
+            log.warning("%s: %d bad records left out (%s)", source_name(spec), len(bad), skips.path or "skipped.jsonl")
+        sources.append((source_name(spec), records))
+    return sources
+
+
+def build_mixture(cfg: Config, model: PixelLM, sources: list[tuple[str, list[QARecord]]]) -> MixtureDataset:
+    """The training mixture of `sources` (load_training_records), weighted as `data.train`
+    says, with per-source record counts logged."""
     proc = PixelLMProcessor.from_model(model, max_length=cfg.data.max_length)
-    sets = [
-        QADataset(load_source(s, cfg.data, mode="train", where=f"data.train[{i}]"), proc, source_name(s))
-        for i, s in enumerate(cfg.data.train)
-    ]
+    sets = [QADataset(records, proc, name) for name, records in sources]
     mixture = MixtureDataset(sets, [s.weight for s in cfg.data.train], seed=cfg.data.seed)
     log.info("training mixture: %s", mixture.describe())
     return mixture
@@ -137,6 +174,7 @@ class StepMeter:
     def __init__(self) -> None:
         self.sources: Counter = Counter()
         self.skipped = 0
+        self.skip_entries: list[dict] = []  # since the last `take_skips`
         self.dropped_targets = 0
         self.reset()
 
@@ -152,7 +190,18 @@ class StepMeter:
         for s in batch.rows or []:
             self.sources[s.extra.get("source", s.source)] += 1
             self.skipped += len(s.extra.get("skipped", []))
+            self.skip_entries += s.extra.get("skipped", [])
             self.dropped_targets += s.extra.get("dropped_targets", 0)
+
+    def take_skips(self) -> list[dict]:
+        """The skipped records seen since the last call, from every rank (a collective: call it
+        on every rank at the same step)."""
+        mine, self.skip_entries = self.skip_entries, []
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return mine
+        parts: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, mine)
+        return [e for part in parts for e in part]
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.micro, 1) for k, v in self.sums.items()}

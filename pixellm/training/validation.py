@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
+from ..data.skips import SkipLog, skip_entry
 from ..data.sources import load_source, source_name
 from ..evaluation.runner import evaluate_split, group_by_image
 from ..modeling.zero3 import is_partitioned
@@ -21,7 +22,7 @@ def limit_images(records: list, limit: int | None) -> list:
     return [r for group in group_by_image(records)[:limit] for r in group]
 
 
-def validate(model, cfg: Config, dist: DistInfo, out_dir: Path) -> dict[str, float]:
+def validate(model, cfg: Config, dist: DistInfo, out_dir: Path, skips: SkipLog | None = None) -> dict[str, float]:
     """Evaluate every `data.val` source with generated answers; returns flat "val/..." metrics
     (on rank 0; {} on the others). Each rank predicts its share of the images; under ZeRO-3
     the ranks run in lockstep (`predict_records`), as every forward gathers parameters."""
@@ -32,12 +33,16 @@ def validate(model, cfg: Config, dist: DistInfo, out_dir: Path) -> dict[str, flo
         if spec.type not in PROTOCOLS:
             continue  # text-only sources (vqa) have no masks to score
         name = source_name(spec)
-        records = limit_images(load_source(spec, cfg.data, mode="eval", where=f"data.val[{i}]"), cfg.eval.limit_images)
+        bad: list = []
+        records = limit_images(load_source(spec, cfg.data, mode="eval", where=f"data.val[{i}]", skipped=bad),
+                               cfg.eval.limit_images)
+        if skips is not None and dist.is_main:
+            skips.add([skip_entry(p, source=name, stage="load") for p in bad])
         metrics = evaluate_split(
             predictor, records, PROTOCOLS[spec.type], "generated", out_dir / name.replace(":", "_").replace("/", "_"),
             batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
             rank=dist.rank, world_size=dist.world_size, split=spec.split, progress=dist.is_main,
-            lockstep=any(is_partitioned(p) for p in model.parameters()),
+            lockstep=any(is_partitioned(p) for p in model.parameters()), skips=skips,
         )
         for key in ("gIoU", "gIoU_targets", "cIoU", "count_acc", "N-acc", "box_P@0.5"):
             if metrics.get(key) is not None:
