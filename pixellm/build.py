@@ -234,16 +234,23 @@ def fold_adapters(model: PixelLM) -> PixelLM:
     wrapper, in place: the LLaVA inside is plain again, ready for `setup_trainable` with other
     settings (settings are left as they were)."""
     from peft.tuners.lora import LoraLayer
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
     from peft.utils import TrainableTokensWrapper
 
+    replaced: list[str] = []
     with torch.no_grad():
         for name, module in list(model.llava.named_modules()):
-            if isinstance(module, LoraLayer):
+            if any(name.startswith(p + ".") for p in replaced):
+                continue  # inside a wrapper already folded
+            if isinstance(module, (LoraLayer, TrainableTokensLayer)):  # LoRA, or codebook rows without LoRA
                 module.merge()
-                _set_child(model.llava, name, module.get_base_layer())
-            elif isinstance(module, TrainableTokensWrapper):
+                plain = module.get_base_layer()
+            elif isinstance(module, TrainableTokensWrapper):  # codebook rows next to LoRA
                 plain = module.unload_and_optionally_merge_module(merge=True, safe_merge=True, adapter_names=None)
-                _set_child(model.llava, name, plain)
+            else:
+                continue
+            _set_child(model.llava, name, plain)
+            replaced.append(name)
     if hasattr(model.llava, "peft_config"):
         del model.llava.peft_config  # the old adapters are gone; peft must not stack new ones on them
     return model

@@ -61,7 +61,7 @@ def _checked_polygon(poly: list, index: int, height: int, width: int) -> list[fl
     xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
     if not np.isfinite(xy).all():
         bad = xy[~np.isfinite(xy).all(1)][0]
-        raise MaskDecodeError(f"{where}: point ({bad[0]}, {bad[1]}) is not finite")
+        raise MaskDecodeError(f"{where}: point ({bad[0]:g}, {bad[1]:g}) is not finite")
     tol = polygon_tolerance(height, width)
     outside = (xy[:, 0] < -tol) | (xy[:, 0] > width + tol) | (xy[:, 1] < -tol) | (xy[:, 1] > height + tol)
     if outside.any():

@@ -21,13 +21,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _scheduler(train: TrainConfig) -> dict:
+    # DeepSpeed's schedules need >= 1 warm-up step; "no warm-up" is one step that starts (and
+    # stays) at the peak, so the first step already trains at train.lr
     warm = min(train.warmup_steps, max(train.max_steps - 1, 0))
+    start = 0.0 if warm else 1.0  # fraction of the peak lr at step 0
+    warm = max(warm, 1)
     if train.schedule == "linear":
-        params = {"warmup_min_lr": 0.0, "warmup_max_lr": train.lr, "warmup_num_steps": warm, "total_num_steps": train.max_steps}
+        params = {"warmup_min_lr": start * train.lr, "warmup_max_lr": train.lr, "warmup_num_steps": warm,
+                  "total_num_steps": max(train.max_steps, warm)}
     elif train.schedule == "cosine":
-        params = {"warmup_min_ratio": 0.0, "warmup_num_steps": warm, "total_num_steps": train.max_steps, "cos_min_ratio": 0.0}
+        params = {"warmup_min_ratio": start, "warmup_num_steps": warm, "total_num_steps": max(train.max_steps, warm),
+                  "cos_min_ratio": 0.0}
     else:
-        params = {"warmup_min_lr": 0.0, "warmup_max_lr": train.lr, "warmup_num_steps": warm}
+        params = {"warmup_min_lr": start * train.lr, "warmup_max_lr": train.lr, "warmup_num_steps": warm}
     return {"type": SCHEDULERS[train.schedule], "params": {**params, "warmup_type": "linear"}}
 
 
