@@ -149,3 +149,18 @@ def test_missing_or_unreadable_image_is_a_clear_error(saved, tmp_path, capsys):
     assert main(["chat", "--model", str(model), "--image", str(junk), "-q", "hi"]) != 0
     err = capsys.readouterr().err
     assert str(junk) in err and "Traceback" not in err
+
+
+def test_a_question_with_a_codebook_token_is_an_error_line_and_interactive_mode_goes_on(saved, tmp_path,
+                                                                                        monkeypatch, capsys):
+    model, image = saved
+    rc = main(["chat", "--model", str(model), "--image", str(image), "-q", "Where is [SEG0]?",
+               "--out", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: " in err and "codebook token [SEG0]" in err and "Traceback" not in err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Where is [SEG2]?\n<image>\nWhat is here?\n"))
+    rc = main(["chat", "--model", str(model), "--image", str(image), "--out", str(tmp_path / "i.png"),
+               "--max-new-tokens", "4"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "codebook token [SEG2]" in captured.err
+    assert (tmp_path / "i_2.png").is_file()  # the next question was answered

@@ -191,3 +191,20 @@ def test_init_from_an_exported_model_starts_from_its_weights_with_a_fresh_schedu
     logged = [json.loads(line) for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [1, 2] and logged[0]["lr"] < 1e-3  # warm-up again, from step 1
     assert any("lora_" in n for n, p in tuned.model.named_parameters() if p.requires_grad)
+
+
+def test_evaluate_skips_bad_records_and_names_them(dataset, tmp_path):
+    """evaluate.py over the same file: no crash on the truncated image or the broken masks; each
+    bad record is in <out>/skipped.jsonl with its reason, and the metrics count them."""
+    import evaluate
+
+    root, path, where = dataset
+    config = write_config(tmp_path, path)
+    results = evaluate.main([str(config), "--dataset", f"custom:{path}", "--out", str(tmp_path / "eval"),
+                             "eval.max_new_tokens=4"])
+    entries = [json.loads(line) for line in (tmp_path / "eval" / "skipped.jsonl").read_text().splitlines()]
+    stages = {e["where"].split(",")[0]: e["stage"] for e in entries}
+    assert stages == {**{f"line {where[k]}": "load" for k, _, _ in BAD_AT_LOAD},
+                      **{f"question {where[k]}:0": "eval" if k == "truncated image" else "score" for k, _, _ in BAD_AT_TRAIN}}
+    metrics = results["custom:train"]
+    assert metrics["num_skipped"] == len(BAD_AT_TRAIN) and metrics["num_questions"] == 4 + 1  # 4 good + truncated
