@@ -18,7 +18,6 @@ from pathlib import Path
 
 from .constants import SEG_PLACEHOLDER
 from .precision import DTYPE_CHOICES
-from .visualize import colour, overlay
 
 RESET = "\x1b[0m"
 EXIT_WORDS = {"exit", "quit", ":q"}
@@ -37,6 +36,8 @@ def paint(text: str, index: int, enabled: bool) -> str:
     """`text` in the overlay colour of mask `index` (24-bit ANSI), or unchanged."""
     if not enabled or not text:
         return text
+    from .visualize import colour
+
     r, g, b = colour(index)
     return f"\x1b[1;38;2;{r};{g};{b}m{text}{RESET}"
 
@@ -123,6 +124,7 @@ def load_predictor(path: str, device: str, dtype):
 def answer(predictor, image, question: str, out: Path, generation: dict, coloured: bool) -> None:
     """Run one question, print the marked answer and the mask list, save the overlay."""
     from .data.errors import DataError
+    from .visualize import overlay
 
     try:
         pred = predictor.predict(image, question, **generation)

@@ -7,16 +7,18 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch, transformers, deepspeed load when a function runs, not with the parser
+    import torch
 
-from .build import build_skeleton, fold_adapters, read_config, setup_trainable
-from .modeling.pixellm import PixelLM
-from .training.checkpoint import COMPLETE, LATEST
+    from .modeling.pixellm import PixelLM
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     """A run folder, its checkpoints/ folder or one step_N folder -> (step folder, run folder)."""
+    from .training.checkpoint import COMPLETE, LATEST
+
     p = Path(path)
     if (p / "checkpoints" / LATEST).is_file():
         p = p / "checkpoints"
@@ -31,6 +33,8 @@ def load_from_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dty
     """A trained model straight from a DeepSpeed checkpoint (ZeRO shards of any stage
     consolidated to fp32), in `dtype` (None = fp32)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from .build import build_skeleton, read_config
 
     step_dir, run_dir = resolve_checkpoint(path)
     model_dir = run_dir / "model"
@@ -49,6 +53,8 @@ def merge_adapters(model: PixelLM) -> PixelLM:
     """Fold LoRA and the trained codebook rows into the base weights, in place. The result has
     the structure of a LoRA-free model (`model.lora.enabled = False`), so it saves and reloads
     with the usual code; fine-tuning it again starts from fresh adapters."""
+    from .build import fold_adapters, setup_trainable
+
     fold_adapters(model)
     settings = dataclasses.replace(model.config.settings, lora=dataclasses.replace(model.config.settings.lora, enabled=False))
     model.config = dataclasses.replace(model.config, settings=settings)

@@ -9,7 +9,7 @@ from PIL import Image
 from pixellm import chat
 from pixellm.cli import main
 from pixellm.predictor import PixelLMPredictor, Prediction, Segment
-from pixellm.visualize import GAP
+from pixellm.visualize import GAP, colour
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +107,9 @@ def test_masks_are_listed_with_phrase_score_and_area(saved, tmp_path, monkeypatc
 
 def test_colours_match_the_overlay_palette_and_respect_no_color(monkeypatch):
     text = chat.render_answer("The cat <seg> near the dog <seg>.", ["The cat", "near the dog"], True)
-    r, g, b = chat.colour(0)
+    r, g, b = colour(0)
     assert f"\x1b[1;38;2;{r};{g};{b}mThe cat\x1b[0m \x1b[1;38;2;{r};{g};{b}m[1]\x1b[0m" in text
-    r, g, b = chat.colour(1)
+    r, g, b = colour(1)
     assert f"\x1b[1;38;2;{r};{g};{b}mnear the dog\x1b[0m" in text
     assert text.endswith("[2]\x1b[0m.")
 

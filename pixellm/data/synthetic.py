@@ -26,14 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from ..constants import NO_TARGET_ANSWER, SEG_PLACEHOLDER
-from .semseg import join_phrases
-from .synthetic_scene import HELD_OUT_PAIRS, SEEN_PAIRS, SceneObject, sample_scene
+
+if TYPE_CHECKING:  # numpy, PIL, tqdm load when the generator runs, not with the `pixellm` parser
+    import numpy as np
+
+    from .synthetic_scene import SceneObject
 
 SPLITS = ("train", "val", "compositional")
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
@@ -45,6 +45,11 @@ QUESTIONS_PER_IMAGE = 3
 def generate_synthetic(out_dir: Path, num_train: int, num_val: int, num_compositional: int, size: int = 64,
                        seed: int = 0, progress: bool = True) -> dict[str, Path]:
     """Write the three splits under `out_dir`; returns {split: path of its JSONL}."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .synthetic_scene import HELD_OUT_PAIRS, SEEN_PAIRS
+
     if min(num_train, num_val, num_compositional) < 0:
         raise ValueError("image counts must be >= 0")
     if size < 32:
@@ -69,6 +74,11 @@ def generate_synthetic(out_dir: Path, num_train: int, num_val: int, num_composit
 
 def _write_image(out_dir: Path, split: str, i: int, rng: np.random.Generator, size: int, pairs: list) -> dict:
     """Render one scene, save image + masks, and return its custom-format record."""
+    import numpy as np
+    from PIL import Image
+
+    from .synthetic_scene import sample_scene
+
     image, objects = sample_scene(rng, size, pairs)
     image_rel = f"images/{split}/{i:06d}.png"
     Image.fromarray(image).save(out_dir / image_rel)
@@ -117,6 +127,8 @@ def _template(rng: np.random.Generator) -> str:
 
 
 def _targets_question(rng: np.random.Generator, objects: list[SceneObject]) -> dict:
+    from .semseg import join_phrases
+
     k = int(rng.integers(1, min(4, len(objects)) + 1))
     targets = [int(t) for t in rng.choice(len(objects), size=k, replace=False)]
     names = [f"the {objects[t].name}" for t in targets]

@@ -38,9 +38,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
-PROTOCOLS = ("muse", "custom", "refer", "grefcoco")
+from ..constants import SCORING_PROTOCOLS
+
+PROTOCOLS = SCORING_PROTOCOLS
 
 
 def mask_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
@@ -95,6 +96,8 @@ def match_masks(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> list[
     for i, p in enumerate(preds):
         for j, g in enumerate(gts):
             ious[i, j] = iou_value(*mask_iou(p, g))
+    from scipy.optimize import linear_sum_assignment  # scipy only where matching happens
+
     rows, cols = linear_sum_assignment(ious, maximize=True) if ious.size else ([], [])
     pairs: list[tuple[int | None, int | None]] = [(int(i), int(j)) for i, j in zip(rows, cols, strict=True)]
     matched_p, matched_g = {i for i, _ in pairs}, {j for _, j in pairs}

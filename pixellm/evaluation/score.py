@@ -11,17 +11,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from pixellm.constants import SCORING_PROTOCOLS
 from pixellm.data.errors import DataError, Problem
-from pixellm.data.images import ImageReadError
-from pixellm.data.masks import MaskDecodeError, decode_mask
-from pixellm.data.records import QARecord
-from pixellm.data.skips import skip_entry
 
-from .metrics import PROTOCOLS, Scorer, warn_ignored
-from .predictions import decode_prediction_masks, read_predictions
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pixellm.data.records import QARecord
 
 
 def image_size(record: QARecord) -> tuple[int, int]:
@@ -35,11 +33,13 @@ def image_size(record: QARecord) -> tuple[int, int]:
 
 def gt_masks(record: QARecord, size: tuple[int, int] | None = None) -> list[np.ndarray]:
     """The record's target masks decoded at full resolution (errors name the question)."""
+    from pixellm.data.masks import MaskDecodeError, decode_mask
+
     h, w = size or image_size(record)
     try:
         return [decode_mask(spec, h, w, record.mask_root) for spec in record.masks]
     except MaskDecodeError as e:
-        where = f"question {record.question_id!r}"
+        where = f"question {record.question_id}"
         raise DataError(Problem(str(record.image_path), where, f"ground-truth mask: {e}")) from None
 
 
@@ -55,6 +55,12 @@ def score_predictions(
     truth does not decode is left out of the scores and appended to `skipped` with the reason;
     `num_skipped` counts the questions skipped here or before (entries already in `skipped`).
     """
+    from pixellm.data.images import ImageReadError
+    from pixellm.data.skips import skip_entry
+
+    from .metrics import Scorer, warn_ignored
+    from .predictions import decode_prediction_masks
+
     scorer = Scorer(protocol)
     seen: set[str] = set()
     skipped = [] if skipped is None else skipped
@@ -117,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         args.score_parser.error(f"{args.protocol} needs {', '.join(missing)}")
     try:
+        from .predictions import read_predictions
+
         predictions = read_predictions(args.predictions)
         records = load_records(args)
         skipped: list[dict] = []
@@ -133,13 +141,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add the `score` subcommand."""
+    """Add the `score` subcommand (light: what scoring needs is imported when it runs)."""
     p = subparsers.add_parser(
         "score",
         help="score a predictions file (gIoU, cIoU, box P@0.5, ...)",
         description="Score a predictions JSONL file against a dataset split; prints one JSON object.",
     )
-    p.add_argument("protocol", choices=sorted(set(PROTOCOLS)), help="dataset format and scoring protocol")
+    p.add_argument("protocol", choices=sorted(set(SCORING_PROTOCOLS)), help="dataset format and scoring protocol")
     p.add_argument("--predictions", required=True, metavar="P.jsonl", help="predictions file (JSON Lines)")
     p.add_argument("--annotations", metavar="FILE", help="annotation file (muse, custom)")
     p.add_argument("--image-root", metavar="DIR", help="image folder (required for muse, custom)")
