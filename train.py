@@ -106,8 +106,7 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
         if done % cfg.train.log_every == 0 or done == cfg.train.max_steps:
             skips.add(meter.take_skips())
             norm = {} if grad_norm is None else {"grad_norm": grad_norm}
-            logger.log(done, {**stats, "lr": lr, **norm, "samples_per_s": rate, "skipped": meter.skipped,
-                              "dropped_targets": meter.dropped_targets, **{f"n_{k}": v for k, v in meter.sources.items()}})
+            logger.log(done, {**stats, "lr": lr, **norm, "samples_per_s": rate, **meter.counts()})
         meter.reset()
         t0 = time.time()
         if cfg.train.eval_every and done % cfg.train.eval_every == 0:

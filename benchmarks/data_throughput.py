@@ -60,7 +60,6 @@ from pixellm.data.mixture import MixtureDataset, QADataset, StepSampler
 from pixellm.data.muse import load_muse
 from pixellm.data.records import QARecord
 from pixellm.data.synthetic import generate_synthetic
-from pixellm.losses import compute_losses
 from pixellm.processor import PixelLMProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +165,7 @@ def _train_step(model, opt, batch, cfg: Config, device: str) -> tuple[float, flo
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync()
     t = time.perf_counter()
-    loss = compute_losses(model, model(batch), batch, cfg.train.loss)
+    loss = model(batch, loss_weights=cfg.train.loss).loss  # as train.py: the forward asks for what the losses need
     loss.total.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -40,7 +40,6 @@ from pixellm.build import build_pixellm  # noqa: E402
 from pixellm.config import DecoderSettings, LossWeights, ModelConfig, TinySizes  # noqa: E402
 from pixellm.constants import SEG_PLACEHOLDER  # noqa: E402
 from pixellm.data.batch import Batch, ImageMeta  # noqa: E402
-from pixellm.losses import compute_losses  # noqa: E402
 from pixellm.processor import PixelLMProcessor  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -81,7 +80,7 @@ def make_batch(model, rows: int, seed: int = 0) -> Batch:
 
 
 def train_step(model, batch: Batch, weights: LossWeights, opt: torch.optim.Optimizer | None = None) -> float:
-    loss = compute_losses(model, model(batch), batch, weights)
+    loss = model(batch, loss_weights=weights).loss
     loss.total.backward()
     if opt is not None:
         opt.step()

@@ -95,19 +95,21 @@ class PixelLMProcessor:
         return self._prefix[1] + self._ids(after)
 
     def answer_ids(self, answer: str, keep_targets: int | None = None) -> list[int]:
-        """Answer tokens (+ EOS) with each `<seg>` replaced by the codebook group.
+        """Answer tokens with each `<seg>` replaced by the codebook group, + EOS when whole.
 
         keep_targets: keep only the first k targets; the text after the k-th group is cut, so a
-        group is never split and the text never refers to a dropped mask.
+        group is never split and the text never refers to a dropped mask. A cut answer ends
+        without EOS: the model must not learn to stop after k targets when the answer goes on
+        (many-target questions, MUSE's test_many, are exactly the long ones).
         """
         parts = answer.split(SEG_PLACEHOLDER)
         n = len(parts) - 1
         k = n if keep_targets is None else keep_targets
         if k == n:
-            text = self.group.join(parts)
-        else:  # cut after the k-th group (k = 0: the text before the first target only)
-            text = self.group.join(parts[:k]) + self.group if k else parts[0].rstrip()
-        return self._ids(self.config.template.answer(text)) + [self.tokenizer.eos_token_id]
+            return self._ids(self.config.template.answer(self.group.join(parts))) + [self.tokenizer.eos_token_id]
+        # cut after the k-th group (k = 0: the text before the first target only)
+        text = self.group.join(parts[:k]) + self.group if k else parts[0].rstrip()
+        return self._ids(self.config.template.answer(text))
 
     def encode(self, question: str, answer: str) -> Encoded:
         """Tokenize a question and its answer; labels are the answer tokens only.
@@ -168,5 +170,6 @@ class PixelLMProcessor:
             input_ids=enc.input_ids, labels=enc.labels, pixel_values=pixels, masks=stacked, image_meta=meta,
             image_key=str(record.image_path), source=record.source, image_id=record.image_id,
             question_id=record.question_id,
-            extra={"dropped_targets": record.num_targets - enc.kept_targets},
+            extra={"dropped_targets": record.num_targets - enc.kept_targets,
+                   "truncated": enc.kept_targets < record.num_targets},
         )

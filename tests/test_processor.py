@@ -155,11 +155,14 @@ def test_truncation_never_cuts_a_codebook_group(proc, tmp_path):
         assert enc.kept_targets == kept
         assert enc.input_ids.numel() <= small.max_length
         assert count_groups(enc.input_ids, cfg.seg_token_ids) == kept
-        assert enc.input_ids[-1] == eos and enc.labels[-1] == eos
         if kept < 3:
-            # the text after the last kept group is cut: the group is followed by EOS only
-            assert enc.input_ids[-1 - cfg.group_size : -1].tolist() == cfg.seg_token_ids
+            # the text after the last kept group is cut, and no stop signal is trained: the
+            # answer ends with the group, without EOS
+            assert enc.input_ids[-cfg.group_size:].tolist() == cfg.seg_token_ids
+            assert eos not in enc.input_ids[prompt:].tolist() and eos not in enc.labels.tolist()
             assert "green triangle" not in small.tokenizer.decode(enc.input_ids[prompt:].tolist())
+        else:
+            assert enc.input_ids[-1] == eos and enc.labels[-1] == eos
         assert (enc.labels[:prompt] == IGNORE_INDEX).all()
         assert torch.equal(enc.labels[prompt:], small.mask_forced_tokens(enc.input_ids[prompt:]))
 
@@ -171,7 +174,7 @@ def test_truncation_never_cuts_a_codebook_group(proc, tmp_path):
     sample = small(rec)
     assert count_groups(sample.input_ids, cfg.seg_token_ids) == 2
     assert sample.masks.shape == (2, h, w) and sample.masks.dtype == torch.bool
-    assert sample.extra["dropped_targets"] == 1
+    assert sample.extra["dropped_targets"] == 1 and sample.extra["truncated"] is True
     np.testing.assert_array_equal(sample.masks[1].numpy(), rect(h, w, 1, 3, 1, 4))  # the first two, in order
 
     # not even one target fits

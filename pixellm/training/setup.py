@@ -169,10 +169,12 @@ def param_checksum(model: PixelLM) -> float:
 
 
 class StepMeter:
-    """Per-step bookkeeping: mean losses over micro-batches, samples/s, source and skip counts."""
+    """Per-step bookkeeping: mean losses over micro-batches, samples/s, per-source sample and
+    truncated-answer counts (this rank, cumulative), skipped records."""
 
     def __init__(self) -> None:
         self.sources: Counter = Counter()
+        self.truncated: Counter = Counter()  # answers cut to fit max_length, per source
         self.skipped = 0
         self.skip_entries: list[dict] = []  # since the last `take_skips`
         self.dropped_targets = 0
@@ -189,6 +191,7 @@ class StepMeter:
         self.samples += batch.num_rows
         for s in batch.rows or []:
             self.sources[s.extra.get("source", s.source)] += 1
+            self.truncated[s.extra.get("source", s.source)] += int(s.extra.get("truncated", False))
             self.skipped += len(s.extra.get("skipped", []))
             self.skip_entries += s.extra.get("skipped", [])
             self.dropped_targets += s.extra.get("dropped_targets", 0)
@@ -202,6 +205,12 @@ class StepMeter:
         parts: list = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(parts, mine)
         return [e for part in parts for e in part]
+
+    def counts(self) -> dict[str, int]:
+        """This rank's cumulative counts, as logged: skip events, dropped targets, and per source
+        the samples (n_<source>) and the answers cut to fit max_length (truncated_<source>)."""
+        return {"skipped": self.skipped, "dropped_targets": self.dropped_targets,
+                **{f"n_{k}": v for k, v in self.sources.items()}, **{f"truncated_{k}": v for k, v in self.truncated.items()}}
 
     def means(self) -> dict[str, float]:
         return {k: v / max(self.micro, 1) for k, v in self.sums.items()}
