@@ -14,7 +14,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .modeling.pixellm import PixelLM
+from .modeling.pixellm import PixelLM, run_language_model
 from .modeling.vision import VisionFeatures
 
 
@@ -86,9 +86,9 @@ class _Stepper:
 
     def _run(self, embeds: torch.Tensor, mask: torch.Tensor, last: int = 1) -> torch.Tensor:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1]:]
-        out = self.model.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-            past_key_values=self.cache, use_cache=self.use_cache,
+        out, _ = run_language_model(
+            self.model.language_model, self.cache, inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+            use_cache=self.use_cache,
         )
         return out.last_hidden_state[:, -last:].squeeze(1)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -136,9 +138,9 @@ class PixelLM(nn.Module):
         output_layer_states = output_layer_states or region
         vision = self.encode_images(batch.pixel_values)
         embeds = self.embed_inputs(batch.input_ids, vision.llm_tokens, batch.image_index)
-        out = self.language_model(
-            inputs_embeds=embeds, attention_mask=batch.attention_mask,
-            past_key_values=past_key_values, use_cache=use_cache, output_hidden_states=output_layer_states,
+        out, cache = run_language_model(
+            self.language_model, past_key_values, inputs_embeds=embeds, attention_mask=batch.attention_mask,
+            use_cache=use_cache, output_hidden_states=output_layer_states,
         )
         hidden = out.last_hidden_state
         groups = [find_codebook_groups(row, self.config.seg_token_ids) for row in batch.input_ids]
@@ -147,7 +149,7 @@ class PixelLM(nn.Module):
         seg_hidden = [codebook_states(hidden[b], g, self.config.settings.query_window) for b, g in enumerate(groups)]
         mask_logits, anchor = self._decode(seg_hidden, vision, batch.image_index, batch.pixel_values)
         output = PixelLMOutput(
-            hidden_states=hidden, mask_logits=mask_logits, anchor=anchor, past_key_values=out.past_key_values,
+            hidden_states=hidden, mask_logits=mask_logits, anchor=anchor, past_key_values=cache,
             layer_states=out.hidden_states if output_layer_states else None, codebook_groups=groups,
         )
         if loss_weights is not None:
@@ -197,6 +199,21 @@ class PixelLM(nn.Module):
         from ..build import load_pixellm
 
         return load_pixellm(path, device=device, dtype=dtype)
+
+
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """transformers 5.25 renamed the LLM's `past_key_values` argument and output to `cache` (the
+    old name warns, and goes in 5.40); earlier 5.x releases know only the old name."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def run_language_model(language_model: nn.Module, cache, **kwargs):
+    """language_model(**kwargs) with the KV cache passed under this transformers' name.
+    Returns (output, the cache it returned)."""
+    name = _cache_argument(type(language_model))
+    out = language_model(**kwargs, **{name: cache})
+    return out, getattr(out, name, None)
 
 
 def codebook_states(hidden: torch.Tensor, groups: torch.Tensor, window: int) -> torch.Tensor:
