@@ -30,12 +30,13 @@ from pixellm.training.setup import (
     TrainResult,
     build_mixture,
     build_model,
+    check_run_folder,
+    clear_run_folder,
     deepspeed_config,
     load_training_records,
     make_engine,
     make_loader,
     param_checksum,
-    prepare_run_folder,
     seed_everything,
     seed_rank_streams,
 )
@@ -65,9 +66,12 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
     logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING, format="%(message)s")
     out = Path(cfg.train.output_dir)
     ds_cfg = deepspeed_config(cfg, dist, args.config)
-    prepare_run_folder(out, cfg.train, dist)
-    skips = SkipLog(out / SKIPPED_FILE if dist.is_main else None)
-    sources = load_training_records(cfg, skips)  # data problems surface before the model is built
+    check_run_folder(out, cfg.train)
+    skips = SkipLog(None)
+    sources = load_training_records(cfg, skips)  # data problems surface before anything is written
+    clear_run_folder(out, cfg.train, dist)
+    if dist.is_main:
+        skips.write_to(out / SKIPPED_FILE)
     seed_everything(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg, dist, ds_cfg)
     seed_rank_streams(cfg.train.seed, dist.rank)  # different dropout on each rank

@@ -156,6 +156,9 @@ def test_a_used_run_folder_needs_resume_or_overwrite(dataset, tmp_path, capsys):
     _fails(capsys, [str(config)], 2, "already holds a run")
     stale = tmp_path / "run" / "stale.txt"
     stale.write_text("from an older run")
+    missing = json.dumps([{"type": "custom", "annotations": str(tmp_path / "none.jsonl"), "image_root": str(tmp_path)}])
+    _fails(capsys, [str(config), "train.overwrite=true", f"data.train={missing}"], 1, "none.jsonl")
+    assert stale.is_file()  # a start that fails on its data leaves the old run alone
     train.main([str(config), "train.overwrite=true"])
     assert not stale.exists() and len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 

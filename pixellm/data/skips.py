@@ -30,13 +30,26 @@ def skip_entry(problem: Problem | DataError | str, *, source: str, stage: str, q
 
 
 class SkipLog:
-    """Appends each skipped record once to `path` (None: count only) and counts skip events
-    (a bad training record is skipped every time the sampler draws it)."""
+    """Appends each skipped record once to `path` (None: keep them in memory only, until
+    `write_to`) and counts skip events (a bad training record is skipped every time the sampler
+    draws it)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.seen: set[tuple] = set()
+        self.entries: list[dict] = []
         self.events = 0
+
+    def write_to(self, path: Path) -> None:
+        """From now on append to `path`, starting with the records skipped so far."""
+        self.path = path
+        self._append(self.entries)
+
+    def _append(self, entries: list[dict]) -> None:
+        if entries and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.writelines(json.dumps(e) + "\n" for e in entries)
 
     def add(self, entries: list[dict]) -> int:
         """Record skip events; returns how many were new records."""
@@ -47,10 +60,8 @@ class SkipLog:
             if key not in self.seen:
                 self.seen.add(key)
                 new.append(e)
-        if new and self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:
-                f.writelines(json.dumps(e) + "\n" for e in new)
+        self.entries += new
+        self._append(new)
         return len(new)
 
     def summary(self) -> str:

@@ -63,16 +63,21 @@ def build_model(cfg: Config, dist: DistInfo, ds_cfg: dict) -> PixelLM:
     return build_pixellm(cfg.model, device=dist.device, dtype=dtype, ds_config=ds_cfg)
 
 
-def prepare_run_folder(out: Path, train: TrainConfig, dist: DistInfo) -> None:
+def check_run_folder(out: Path, train: TrainConfig) -> None:
     """Never mix two runs in one folder: a non-empty `out` needs train.resume (continue the run
-    there) or train.overwrite=true (rank 0 deletes its contents first). ConfigError otherwise."""
+    there) or train.overwrite=true (`clear_run_folder` deletes it). ConfigError otherwise."""
     existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if existing and train.resume is None and not train.overwrite:
         raise ConfigError(
             f"train.output_dir={out} already holds a run ({', '.join(existing[:4])}{', ...' if len(existing) > 4 else ''}): "
             "set train.resume=auto to continue it, train.overwrite=true to replace it, or choose another folder")
-    barrier()  # every rank has looked before rank 0 deletes
-    if existing and train.resume is None and dist.is_main:
+
+
+def clear_run_folder(out: Path, train: TrainConfig, dist: DistInfo) -> None:
+    """With train.overwrite (and no resume), rank 0 deletes the old run; called once the new
+    run's config and data have been checked, so a failing start leaves the old run alone."""
+    barrier()  # every rank has looked at the folder before rank 0 deletes it
+    if train.overwrite and train.resume is None and dist.is_main and out.is_dir():
         shutil.rmtree(out)
     barrier()
 
