@@ -7,11 +7,11 @@ Names are imported on first use, so `pixellm validate-data` and friends start wi
 torch/transformers.
 """
 
-from importlib import import_module
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, globals(), {
     "build": ["build_pixellm", "load_pixellm", "save_pixellm", "setup_trainable"],
     "config": ["Config", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "TrainConfig", "load_config"],
     "constants": ["IGNORE_INDEX", "IMAGE_TOKEN", "NO_TARGET_ANSWER", "SEG_PLACEHOLDER"],
@@ -22,18 +22,7 @@ _EXPORTS = {
     "predictor": ["PixelLMPredictor", "Prediction", "Segment"],
     "presets": ["PRESETS"],
     "processor": ["PixelLMProcessor"],
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'pixellm' has no attribute {name!r}")
-    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+})
 
 
 def __dir__() -> list[str]:
