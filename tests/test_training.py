@@ -179,3 +179,17 @@ def test_two_processes_zero2_agree_and_learn(tmp_path):
     assert ranks[0]["losses"] != ranks[1]["losses"]  # different data shards
     for r in ranks:
         assert sum(r["losses"][-2:]) < sum(r["losses"][:2])
+
+
+def test_a_relative_deepspeed_path_resolves_next_to_the_config_then_in_the_package(tmp_path, monkeypatch):
+    from pixellm.training.ds_config import PACKAGE_DS_CONFIGS, resolve_deepspeed_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    own = tmp_path / "configs" / "zero2.json"
+    own.write_text("{}")
+    assert resolve_deepspeed_path("zero2.json", tmp_path / "configs" / "run.yaml") == own  # next to the config
+    assert resolve_deepspeed_path("ds_configs/zero3.json", tmp_path / "configs" / "run.yaml") == PACKAGE_DS_CONFIGS / "zero3.json"
+    assert (REPO / "ds_configs" / "zero3.json").resolve() == (PACKAGE_DS_CONFIGS / "zero3.json").resolve()  # one copy
+    with pytest.raises(ConfigError, match="train.deepspeed: nope.json not found"):
+        resolve_deepspeed_path("nope.json", tmp_path / "configs" / "run.yaml")
