@@ -83,18 +83,18 @@ class PixelLMPredictor:
         return next(self.model.parameters()).device
 
     def decode_text(self, token_ids: list[int]) -> str:
-        """Token ids -> text with each whole codebook group written as `<seg>`."""
+        """Token ids -> text with each whole codebook group written as `<seg>`.
+
+        The answer is decoded in one piece, with one marker token per group, so the tokenizer's
+        own rules for the spaces around added tokens apply: decoding the words between groups
+        piece by piece loses the space a SentencePiece tokenizer keeps in "▁on" after a group
+        ("<seg>on"), and the text would no longer encode back to the tokens generated.
+        """
         tok, seg = self.model.tokenizer, self.model.config.seg_token_ids
-        pieces, run = [], []
-        for t in token_ids:
-            if t == seg[0]:
-                pieces.append(tok.decode(run, skip_special_tokens=True))
-                pieces.append(SEG_PLACEHOLDER)
-                run = []
-            elif t not in seg:
-                run.append(t)
-        pieces.append(tok.decode(run, skip_special_tokens=True))
-        return "".join(pieces).strip()
+        special = set(tok.all_special_ids) - {seg[0]}
+        kept = [t for t in token_ids if t not in seg[1:] and t not in special]
+        text = tok.decode(kept, skip_special_tokens=False)
+        return text.replace(tok.convert_ids_to_tokens(seg[0]), SEG_PLACEHOLDER).strip()
 
     @torch.no_grad()
     def predict_batch(self, image: Image.Image | str | Path, questions: list[str], **generation) -> list[Prediction]:
