@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -126,7 +127,8 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
     logger.close()
     result = TrainResult(losses, engine.module, param_checksum(engine.module), grad_norms)
     (out / f"summary_rank{dist.rank}.json").write_text(json.dumps(
-        {"losses": losses, "grad_norms": grad_norms, "checksum": result.checksum}))
+        {"losses": losses, "grad_norms": grad_norms, "checksum": result.checksum, "counts": meter.counts(),
+         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))  # ru_maxrss: KiB on Linux
     return result
 
 

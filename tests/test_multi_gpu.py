@@ -230,7 +230,7 @@ def test_zero3_loading_partitions_the_model_over_the_ranks_in_bf16(ws):
     out = ws.root / "probe"
     out.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(REPO / "tests" / "zero3_probe.py"), str(ws.config), str(out), "train.precision=bf16",
+           "-m", "pixellm.rehearsal.probe", str(ws.config), str(out), "train.precision=bf16",
            f"train.deepspeed={REPO / 'ds_configs' / 'zero3.json'}"]
     proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,12 +1,14 @@
-"""Run under torchrun by test_multi_gpu.py: build the training model as train.py does and write,
-per rank, how many parameter elements it holds and the dtype of the loaded LLM weights.
+"""Loading check, run under torchrun (the rehearsal's bf16 stage, tests/test_multi_gpu.py): build
+the training model as train.py does and write, per rank, how many parameter elements it holds
+(ZeRO-3 partitions it while loading) and the dtypes of the loaded LLM weights.
 
-    torchrun --nproc_per_node 2 tests/zero3_probe.py CONFIG OUT_DIR [overrides...]
+    torchrun --nproc_per_node 2 -m pixellm.rehearsal.probe CONFIG OUT_DIR [overrides...]
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 from pathlib import Path
 
@@ -20,7 +22,7 @@ def main() -> None:
     config, out, *overrides = sys.argv[1:]
     cfg = load_config(config, overrides)
     dist = init_distributed()
-    ds_cfg = deepspeed_config(cfg, dist)
+    ds_cfg = deepspeed_config(cfg, dist, config)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, dist, ds_cfg)
     held, total = held_elements(model)
@@ -30,6 +32,8 @@ def main() -> None:
         "llm_dtypes": sorted({str(p.dtype) for p in llm.values()}),
         "llm_partitioned": all(is_partitioned(p) for p in llm.values()),
         "decoder_partitioned": all(is_partitioned(p) for p in model.decoder.parameters()),
+        "bf16_enabled": bool(ds_cfg.get("bf16", {}).get("enabled")),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
     }
     Path(out, f"probe_rank{dist.rank}.json").write_text(json.dumps(report))
 
