@@ -18,7 +18,7 @@ from transformers import (
 from transformers.initialization import no_init_weights
 from transformers.utils import is_flash_attn_2_available
 
-from .config import ConfigError, ModelConfig, build_dataclass
+from .config import Config, ConfigError, ModelConfig, build_dataclass
 from .constants import seg_token_strings
 from .conversation import ChatTemplate
 from .modeling.conv_stem import install_conv_patch_embedding
@@ -152,23 +152,30 @@ def build_pixellm(
 
 
 def _make_config(cfg: ModelConfig, llava: LlavaForConditionalGeneration, tokenizer) -> PixelLMConfig:
+    config = make_pixellm_config(cfg, llava.config, tokenizer)
+    if len(tokenizer) > llava.get_input_embeddings().num_embeddings:
+        llava.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return config
+
+
+def make_pixellm_config(cfg: ModelConfig, llava_config: LlavaConfig, tokenizer) -> PixelLMConfig:
+    """The PixelLM config for a LLaVA config and its tokenizer: the codebook tokens are added to
+    `tokenizer` and checked; the image size and image-token count follow the vision tower."""
     tokens = seg_token_strings(cfg.num_scales, cfg.tokens_per_scale)
     seg_ids = add_codebook_tokens(tokenizer, tokens)
     image_id = ensure_image_token(tokenizer)
-    if image_id != llava.config.image_token_id:
+    if image_id != llava_config.image_token_id:
         raise ConfigError(
             f"the tokenizer's <image> id {image_id} differs from the model's image_token_id "
-            f"{llava.config.image_token_id}: tokenizer and checkpoint do not belong together"
+            f"{llava_config.image_token_id}: tokenizer and checkpoint do not belong together"
         )
-    if len(tokenizer) > llava.get_input_embeddings().num_embeddings:
-        llava.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    vc = llava.config.vision_config
+    vc = llava_config.vision_config
     image_size = cfg.image_size or vc.image_size
     if image_size % vc.patch_size or image_size % 4:
         raise ConfigError(f"model.image_size={image_size} must be a multiple of the patch size {vc.patch_size} and of 4")
     grid = image_size // vc.patch_size
     return PixelLMConfig(
-        settings=cfg, llava=llava.config.to_dict(), seg_tokens=tokens, seg_token_ids=seg_ids,
+        settings=cfg, llava=llava_config.to_dict(), seg_tokens=tokens, seg_token_ids=seg_ids,
         image_token_id=image_id, image_size=image_size,
         num_image_tokens=(cfg.image_token_pool or grid) ** 2,
         template=_template(cfg),
@@ -227,6 +234,30 @@ def setup_trainable(model: PixelLM) -> None:
     model.decoder.requires_grad_(True)
     if s.train_vision:
         model.vision_tower.requires_grad_(True)
+
+
+def text_processor(cfg: Config):
+    """The processor a training run of `cfg` would use (tokenizer with the codebook tokens,
+    chat template, image-token count, data.max_length), without building the model: reads the
+    checkpoint's config and tokenizer only (for token statistics, `validate-data --config`)."""
+    from .processor import PixelLMProcessor
+
+    m = cfg.model
+    if m.init_from is not None:
+        saved = read_config(m.init_from)
+        tokenizer = AutoTokenizer.from_pretrained(m.init_from)
+        return PixelLMProcessor(tokenizer=tokenizer, config=saved, max_length=cfg.data.max_length)
+    if is_random_tiny(m):
+        tokenizer = build_tiny_tokenizer()
+        image_id = ensure_image_token(tokenizer)
+        llava_config = PRESETS["tiny"](m, vocab_size=len(tokenizer) + m.num_scales * m.tokens_per_scale,
+                                       image_token_id=image_id)
+    else:
+        path = m.llava_path or DEFAULT_CHECKPOINTS.get(m.preset)
+        check_llava_folder(path)
+        tokenizer, llava_config = AutoTokenizer.from_pretrained(path), LlavaConfig.from_pretrained(path)
+    return PixelLMProcessor(tokenizer=tokenizer, config=make_pixellm_config(m, llava_config, tokenizer),
+                            max_length=cfg.data.max_length)
 
 
 def fold_adapters(model: PixelLM) -> PixelLM:

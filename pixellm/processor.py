@@ -46,11 +46,13 @@ def clean_user_text(question: str, answer: str | None = None) -> str:
 @dataclass
 class Encoded:
     """Token ids of one question (and answer). input_ids/labels: (S,) long.
-    kept_targets: how many of the answer's targets survived truncation."""
+    kept_targets: how many of the answer's targets survived truncation; truncated: the answer
+    was cut to fit max_length (it then ends without EOS)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     kept_targets: int
+    truncated: bool = False
 
 
 class PixelLMProcessor:
@@ -114,20 +116,25 @@ class PixelLMProcessor:
     def encode(self, question: str, answer: str) -> Encoded:
         """Tokenize a question and its answer; labels are the answer tokens only.
 
-        A too-long answer drops whole trailing targets; SampleTooLongError if no target fits
-        (or the prompt alone is too long).
+        A too-long answer drops whole trailing targets; a too-long text-only answer (VQA) is cut
+        at the budget, as LLaVA does; either way no EOS is trained after a cut. SampleTooLongError
+        if no target fits (or the prompt alone leaves no room).
         """
         clean_user_text(question, answer)
         prompt = self.prompt_ids(question)
         n = answer.count(SEG_PLACEHOLDER)
+        room = self.max_length - len(prompt)
         for k in range(n, -1, -1):
             ans = self.answer_ids(answer, keep_targets=k)
-            if len(prompt) + len(ans) <= self.max_length:
+            if n == 0 and room > 0:
+                ans = ans[:room]  # text only: nothing to keep whole; the cut drops the EOS with the tail
+            if len(ans) <= room:
                 if k == 0 and n > 0:
                     break
                 ids = torch.tensor(prompt + ans, dtype=torch.long)
                 labels = torch.tensor([IGNORE_INDEX] * len(prompt) + ans, dtype=torch.long)
-                return Encoded(ids, self.mask_forced_tokens(labels), k)
+                truncated = k < n or (n == 0 and ans[-1:] != [self.tokenizer.eos_token_id])
+                return Encoded(ids, self.mask_forced_tokens(labels), k, truncated)
         raise SampleTooLongError(
             f"prompt of {len(prompt)} tokens + answer does not fit max_length={self.max_length} "
             f"with any of its {n} targets"
@@ -170,6 +177,5 @@ class PixelLMProcessor:
             input_ids=enc.input_ids, labels=enc.labels, pixel_values=pixels, masks=stacked, image_meta=meta,
             image_key=str(record.image_path), source=record.source, image_id=record.image_id,
             question_id=record.question_id,
-            extra={"dropped_targets": record.num_targets - enc.kept_targets,
-                   "truncated": enc.kept_targets < record.num_targets},
+            extra={"dropped_targets": record.num_targets - enc.kept_targets, "truncated": enc.truncated},
         )

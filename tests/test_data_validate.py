@@ -165,3 +165,23 @@ def test_pixellm_cli_main_and_python_m(dataset, tmp_path, capsys):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "record 0: image not found" in res.stdout
     assert "Traceback" not in res.stderr
+
+
+def test_config_prints_token_lengths_and_how_many_answers_max_length_cuts(dataset, capsys):
+    """With --config, the prompt+answer token lengths under that run's tokenizer and template,
+    and how many answers its max_length would cut, so users can choose max_length from their data."""
+    from pixellm.build import text_processor
+    from pixellm.config import load_config
+    from pixellm.data.muse import load_muse
+
+    clean, root = dataset
+    config = str(REPO / "configs" / "tiny_synthetic.yaml")
+    proc = text_processor(load_config(config))
+    lengths = sorted(len(proc.prompt_ids(r.question)) + len(proc.answer_ids(r.answer)) for r in load_muse(clean, root))
+    code, lines = run_cli(muse_args(clean, root) + ["--config", config], capsys)
+    assert code == 0 and lines[-1].startswith("4 records checked")
+    assert lines[0].startswith("token lengths (prompt + answer, image tokens included) of 4 questions: ")
+    assert f"max {lengths[-1]};" in lines[0] and "0 longer than max_length=160 would be cut" in lines[0]
+    code, lines = run_cli(muse_args(clean, root) + ["--config", config, "--set", f"data.max_length={lengths[-1] - 1}"],
+                          capsys)
+    assert f"{lengths.count(lengths[-1])} longer than max_length={lengths[-1] - 1} would be cut" in lines[0]

@@ -304,3 +304,17 @@ def test_collated_batch_runs_through_the_model(tiny_model, proc, tmp_path):
     with torch.no_grad():
         out = tiny_model(batch)
     assert [m.shape[0] for m in out.mask_logits] == [3, 1]
+
+
+def test_a_too_long_text_only_answer_is_cut_at_the_budget_without_eos(proc):
+    """A long VQA description has no codebook group to keep whole: it is cut where the budget
+    ends (as LLaVA does), not skipped, and the cut answer trains no stop signal."""
+    eos = proc.tokenizer.eos_token_id
+    long_answer = " ".join(["the red circle and the blue square"] * 40)
+    prompt = len(proc.prompt_ids(QUESTION))
+    small = with_max_length(proc, prompt + 12)
+    enc = small.encode(QUESTION, long_answer)
+    assert enc.input_ids.numel() == small.max_length and enc.truncated and enc.kept_targets == 0
+    assert eos not in enc.input_ids.tolist() and (enc.labels[prompt:] != IGNORE_INDEX).all()
+    whole = proc.encode(QUESTION, "the red circle.")
+    assert not whole.truncated and whole.input_ids[-1] == eos

@@ -30,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="dataset folder under --root (default: refcoco, or grefcoco)")
     p.add_argument("--split-by", default="unc", help="refs(<split-by>).p / grefs(<split-by>).json (default: unc)")
     p.add_argument("--split", help="only check refs of this split (refer, grefcoco; default: all)")
+    p.add_argument("--config", type=Path, metavar="YAML",
+                   help="also print the prompt+answer token lengths under this training config's tokenizer "
+                        "and template, and how many answers its data.max_length would cut")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override of --config (e.g. data.max_length=2048; repeatable)")
     p.set_defaults(func=run)
 
 
@@ -73,6 +78,41 @@ def _target(args: argparse.Namespace) -> str:
     return str(args.annotations if args.format in ("muse", "custom") else args.root)
 
 
+def _records(args: argparse.Namespace) -> list:
+    """The usable records of the dataset (bad ones left out), as training reads them."""
+    skipped: list = []
+    if args.format == "muse":
+        from .muse import load_muse
+
+        return load_muse(args.annotations, args.image_root, skipped=skipped)
+    if args.format == "custom":
+        from .custom import load_custom
+
+        return load_custom(args.annotations, args.image_root, skipped=skipped)
+    image_root = args.image_root
+    if args.format == "refer":
+        from .refer import load_refer
+
+        return load_refer(args.root, args.name or "refcoco", args.split_by, args.split or "train",
+                          image_root=image_root, mode="train")
+    from .grefcoco import load_grefcoco
+
+    return load_grefcoco(args.root, args.name or "grefcoco", args.split_by, args.split or "train", image_root=image_root)
+
+
+def _lengths(args: argparse.Namespace) -> str:
+    """The token-length line for --config (never a traceback: a problem is reported in the line)."""
+    try:
+        from ..build import text_processor
+        from ..config import load_config
+        from .lengths import format_lengths, token_lengths
+
+        processor = text_processor(load_config(args.config, args.set))
+        return format_lengths(token_lengths(_records(args), processor))
+    except (DataError, OSError, ValueError) as e:
+        return f"token lengths: not computed: {type(e).__name__}: {e}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, print problems and a summary; 0 without problems (warnings allowed), 1 with
     problems, 2 on bad usage."""
@@ -90,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         checked, problems = 0, [Problem(_target(args), "-", f"internal error {type(e).__name__}: {e}")]
     for problem in problems:
         print(problem)
+    if args.config is not None:
+        print(_lengths(args))
     errors = [p for p in problems if not p.warning]
     print(f"{checked} records checked, {len(errors)} problems found, {len(problems) - len(errors)} warnings")
     return 1 if errors else 0
