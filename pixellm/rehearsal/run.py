@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "configs" / "pixellm_7b.yaml"
 STAGES = ("zero2", "zero3", "zero3_offload")
+SAVE_EVERY = 2
+"""Checkpoint at step 2 (and at the end): the resume stage kills a run once step 2 is saved."""
 
 
 class StageFailed(RuntimeError):
@@ -96,8 +98,8 @@ def recipe_overrides(r: Rehearsal, stage: str, run_dir: Path, steps: int, *extra
     and batch sizes."""
     return [str(RECIPE), f"model.llava_path={r.out / 'checkpoint'}", f"train.output_dir={run_dir}",
             f"train.deepspeed={stage}.json", f"train.max_steps={steps}", "train.warmup_steps=1",
-            "train.batch_size=1", "train.grad_accum=1", f"train.save_every={steps}", "train.eval_every=0",
-            "train.keep_last=1", *extra]
+            "train.batch_size=1", "train.grad_accum=1", f"train.save_every={SAVE_EVERY}", "train.eval_every=0",
+            "train.log_every=1", "train.keep_last=1", *extra]
 
 
 def training_figures(run_dir: Path) -> dict:
@@ -119,10 +121,40 @@ def training_figures(run_dir: Path) -> dict:
     }
 
 
+def data_pass_stage(r: Rehearsal) -> dict:
+    """Every record of every source of the recipe's mixture through the training input path
+    (loader, processor with the real tokenizer and template at data.max_length): per source the
+    records, answers cut to fit (truncated), targets dropped, records skipped and the token
+    lengths. The training stages see a few samples; this sees them all, at no model cost."""
+    import contextlib
+
+    from ..build import text_processor
+    from ..config import load_config
+    from ..data.lengths import token_lengths
+    from ..data.mixture import QADataset
+    from ..data.skips import SkipLog
+    from ..training.setup import load_training_records
+
+    cfg = load_config(RECIPE, [f"model.llava_path={r.out / 'checkpoint'}"])
+    processor = text_processor(cfg)
+    per_source = {}
+    with contextlib.chdir(r.out):  # the recipe's data paths are relative to the run's directory
+        skips = SkipLog(None)
+        for name, records in load_training_records(cfg, skips):
+            samples = [QADataset(records, processor, name)[i] for i in range(len(records))]
+            per_source[name] = {
+                "records": len(records), "truncated": sum(s.extra["truncated"] for s in samples),
+                "dropped_targets": sum(s.extra["dropped_targets"] for s in samples),
+                "skipped": sum(len(s.extra["skipped"]) for s in samples),
+                "token_lengths": {k: v for k, v in token_lengths(records, processor).items() if k.startswith(("p", "max"))},
+            }
+    return {"max_length": cfg.data.max_length, "sources": per_source, "load_skipped": len(skips.entries)}
+
+
 def train_stage(r: Rehearsal, stage: str) -> dict:
     run_dir = r.out / "runs" / stage
     cmd = [*torchrun(2), str(REPO / "train.py"),
-           *recipe_overrides(r, stage, run_dir, r.args.steps, "train.gradient_checkpointing=true", "train.overwrite=true")]
+           *recipe_overrides(r, stage, run_dir, r.args.steps, "train.overwrite=true")]
     run(cmd, cwd=r.out, timeout=r.args.stage_timeout)
     return training_figures(run_dir)
 
@@ -164,24 +196,31 @@ def cuda_config_check() -> dict:
 
 
 def resume_stage(r: Rehearsal) -> dict:
-    """A ZeRO-2 run killed with SIGKILL after its first checkpoint, then resumed (train.resume=auto)."""
+    """The ZeRO-2 stage's run again, killed with SIGKILL once its step-2 checkpoint is complete,
+    then resumed with train.resume=auto: the resumed steps must repeat the uninterrupted run's
+    losses (train_zero2)."""
     run_dir = r.out / "runs" / "resume"
-    args = recipe_overrides(r, "zero2", run_dir, 3, "train.save_every=1", "train.overwrite=true")
-    proc = subprocess.Popen([*torchrun(2), str(REPO / "train.py"), *args], cwd=r.out, env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = recipe_overrides(r, "zero2", run_dir, r.args.steps)
+    proc = subprocess.Popen([*torchrun(2), str(REPO / "train.py"), *args, "train.overwrite=true"], cwd=r.out,
+                            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     latest = run_dir / "checkpoints" / "latest"
     deadline = time.time() + r.args.stage_timeout
     while not latest.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(1)
+        time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # mid-run, as a node failure would
     proc.wait()
     killed_at = latest.read_text().strip() if latest.is_file() else None
     if killed_at is None:
         raise StageFailed("no checkpoint was written before the kill")
-    run([*torchrun(2), str(REPO / "train.py"), *args[:-1], "train.resume=auto"], cwd=r.out, timeout=r.args.stage_timeout)
-    figures = training_figures(run_dir)
-    return {"killed_after": killed_at, "resumed_losses_per_rank": figures["losses_per_rank"],
-            "finished_at": (run_dir / "checkpoints" / "latest").read_text().strip()}
+    run([*torchrun(2), str(REPO / "train.py"), *args, "train.resume=auto"], cwd=r.out, timeout=r.args.stage_timeout)
+    resumed = training_figures(run_dir)["losses_per_rank"]
+    reference = r.report["stages"]["train_zero2"]["losses_per_rank"]
+    done = int(killed_at.split("_")[1])
+    for rank, (got, want) in enumerate(zip(resumed, reference)):
+        if not all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(got, want[done:], strict=True)):
+            raise StageFailed(f"rank {rank}: resumed losses {got} differ from the uninterrupted {want[done:]}")
+    return {"killed_after": killed_at, "resumed_losses_per_rank": resumed,
+            "finished_at": latest.read_text().strip(), "matches_uninterrupted": True}
 
 
 def export_stage(r: Rehearsal) -> dict:
@@ -213,9 +252,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "rehearsal")
     p.add_argument("--llm-layers", type=int, default=2, help="LLM depth of the random checkpoint (7B: 32)")
-    p.add_argument("--steps", type=int, default=2, help="training steps per ZeRO stage")
+    p.add_argument("--steps", type=int, default=3, help="training steps per ZeRO stage (>= 3: the resume "
+                   "stage kills a run after its step-2 checkpoint)")
     p.add_argument("--images", type=int, default=6, help="images per data source")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="generation budget in evaluation and chat")
+    p.add_argument("--max-new-tokens", type=int, default=8, help="generation budget in evaluation and chat")
     p.add_argument("--stage-timeout", type=float, default=1800, help="seconds before a stage counts as hung")
     return p.parse_args(argv)
 
@@ -227,10 +267,11 @@ def main(argv=None) -> int:
     r = Rehearsal(out, args)
     r.stage("checkpoint", lambda: checkpoint_stage(r))
     r.stage("data", lambda: data_stage(r))
+    r.stage("data_pass", lambda: data_pass_stage(r), needs=("checkpoint", "data"))
     for stage in STAGES:
         r.stage(f"train_{stage}", lambda stage=stage: train_stage(r, stage), needs=("checkpoint", "data"))
     r.stage("bf16_load", lambda: bf16_load_stage(r), needs=("checkpoint", "data"))
-    r.stage("resume", lambda: resume_stage(r), needs=("checkpoint", "data"))
+    r.stage("resume", lambda: resume_stage(r), needs=("train_zero2",))
     r.stage("export", lambda: export_stage(r), needs=("train_zero2",))
     r.stage("evaluate", lambda: evaluate_stage(r), needs=("export",))
     r.stage("chat", lambda: chat_stage(r), needs=("export",))
