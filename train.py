@@ -25,6 +25,7 @@ from pixellm.data.skips import SKIPPED_FILE, SkipLog
 from pixellm.entry import user_errors_exit
 from pixellm.training.checkpoint import find_resume, load_checkpoint, save_checkpoint
 from pixellm.training.distributed import init_distributed
+from pixellm.training.held import engine_state_bytes
 from pixellm.training.logger import RunLogger
 from pixellm.training.setup import (
     StepMeter,
@@ -125,10 +126,13 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
     if skips.events or meter.dropped_targets:
         log.warning("data: %s; %d targets dropped by truncation", skips.summary(), meter.dropped_targets)
     logger.close()
+    held = engine_state_bytes(engine)  # beside `pixellm plan-memory`'s parts; before the checksum's
+    # gather, whose release frees the trainable persistent parameters ZeRO-3 keeps whole between steps
     result = TrainResult(losses, engine.module, param_checksum(engine.module), grad_norms)
     (out / f"summary_rank{dist.rank}.json").write_text(json.dumps(
         {"losses": losses, "grad_norms": grad_norms, "checksum": result.checksum, "counts": meter.counts(),
-         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))  # ru_maxrss: KiB on Linux
+         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,  # ru_maxrss: KiB on Linux
+         "engine_bytes": held}))
     return result
 
 

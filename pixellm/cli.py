@@ -20,6 +20,7 @@ COMMANDS = {
     "score": "pixellm.evaluation.score",
     "chat": "pixellm.chat",
     "export": "pixellm.export",
+    "plan-memory": "pixellm.memory_plan",
 }
 
 

@@ -260,3 +260,23 @@ def test_pixellm_export_of_a_zero3_run_reloads_with_the_trained_outputs(ws, stag
         a, b = unmerged(batch), exported(batch)
     assert torch.allclose(a.hidden_states, b.hidden_states, atol=1e-4)
     assert torch.allclose(a.mask_logits[0], b.mask_logits[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_what_each_rank_engine_holds_equals_the_memory_plan_for_two_gpus(ws, stage):
+    """`pixellm plan-memory ... --gpus 2` against the engines of the two-rank run above: every part
+    that lives through the step (train.py writes them, training/held.py counts them from the
+    engine's objects) is equal on both ranks, byte for byte. tests/test_plan_memory.py checks the
+    transient parts on one process."""
+    from pixellm import memory_plan as mp
+    from pixellm.config import load_config
+
+    template = REPO / "ds_configs" / f"{stage}.json"
+    cfg = load_config(ws.config, [f"train.deepspeed={template}"])
+    plan = mp.plan_memory(cfg, gpus=2, stages={stage: template}).stages[stage]
+    planned = {p.what: p.bytes for p in plan.parts}
+    expected = {"zero2": 5, "zero3": 7, "zero3_offload": 8}[stage]
+    for s in summaries(ws.run(stage, 2), 2):
+        held = s["engine_bytes"]
+        assert len(held) == expected and {k: planned[k] for k in held} == held
+        assert all(v > 0 for v in held.values()), held

@@ -33,6 +33,7 @@ COVERAGE = {
     "python benchmarks/data_throughput.py": "test_benchmark_scripts_run_at_tiny_size (below)",
     "python benchmarks/generation_scaling.py": "test_benchmark_scripts_run_at_tiny_size (below)",
     "python benchmarks/train_throughput.py": "test_train_throughput.py",
+    "pixellm plan-memory": "test_plan_memory.py (the 7B/13B recipes with --json, a tiny config's table)",
 }
 
 
