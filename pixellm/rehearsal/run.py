@@ -156,7 +156,27 @@ def train_stage(r: Rehearsal, stage: str) -> dict:
     cmd = [*torchrun(2), str(REPO / "train.py"),
            *recipe_overrides(r, stage, run_dir, r.args.steps, "train.overwrite=true")]
     run(cmd, cwd=r.out, timeout=r.args.stage_timeout)
-    return training_figures(run_dir)
+    return {**training_figures(run_dir), "memory_plan": plan_against_engines(r, stage, run_dir)}
+
+
+def plan_against_engines(r: Rehearsal, stage: str, run_dir: Path) -> dict[str, list[int]]:
+    """`pixellm plan-memory` for this run (2 GPUs, the stage's template, fp32 as "auto" picks on
+    a CPU) against the bytes each rank's engine holds (train.py's `engine_bytes`):
+    {part: [planned, rank 0, rank 1]}. A difference fails the stage."""
+    from ..config import load_config
+    from ..memory_plan import plan_memory
+    from ..training.ds_config import PACKAGE_DS_CONFIGS
+
+    template = PACKAGE_DS_CONFIGS / f"{stage}.json"
+    overrides = recipe_overrides(r, stage, run_dir, r.args.steps)[1:]
+    cfg = load_config(RECIPE, [*overrides, f"train.deepspeed={template}", "train.precision=fp32"])
+    planned = {p.what: p.bytes for p in plan_memory(cfg, gpus=2, stages={stage: template}).stages[stage].parts}
+    held = [json.loads(p.read_text())["engine_bytes"] for p in sorted(run_dir.glob("summary_rank*.json"))]
+    table = {part: [planned.get(part), *(h[part] for h in held)] for part in held[0]}
+    wrong = {part: row for part, row in table.items() if len(set(row)) != 1}
+    if wrong:
+        raise StageFailed(f"{stage}: the memory plan differs from the engines' bytes {{part: [planned, rank0, rank1]}}: {wrong}")
+    return table
 
 
 def bf16_load_stage(r: Rehearsal) -> dict:
