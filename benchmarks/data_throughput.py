@@ -2,6 +2,10 @@
 
     python benchmarks/data_throughput.py [--muse-images 300] [--synthetic-images 1000] [--batches 30]
                                          [--train-steps 8] [--workers 0 2] [--threads 1] [--profile]
+    python benchmarks/data_throughput.py --rehearsal [--rehearsal-dir outputs/rehearsal] [--workers 1 2]
+
+`--rehearsal`: the 7B recipe's loader on real-size (640x480) data against what one A100
+consumes, and so the loader workers a GPU needs (rehearsal_loader.py says how). Otherwise:
 
 Everything is written to a temporary folder; nothing is downloaded. Two loaders, both through the
 exact training input path of `pixellm.training.setup` (QADataset -> MixtureDataset -> StepSampler
@@ -128,34 +132,39 @@ def write_muse_fixture(out: Path, num_images: int, questions: int, seed: int = 0
 
 
 # ----------------------------------------------------------------------------- measurements
-def make_loader(records: list[QARecord], name: str, proc: PixelLMProcessor, *, batch_size: int,
-                workers: int, seed: int) -> DataLoader:
-    """The loader of pixellm.training.setup.make_loader over one source (rank 0 of 1)."""
-    mixture = MixtureDataset([QADataset(records, proc, name)], [1.0], seed=seed)
+def one_source(records: list[QARecord], name: str, proc: PixelLMProcessor, seed: int) -> MixtureDataset:
+    """A training mixture of one source (what pixellm.training.setup.build_mixture builds)."""
+    return MixtureDataset([QADataset(records, proc, name)], [1.0], seed=seed)
+
+
+def make_loader(mixture: MixtureDataset, pad_id: int, *, batch_size: int, workers: int) -> DataLoader:
+    """The loader of pixellm.training.setup.make_loader over `mixture` (rank 0 of 1)."""
     return DataLoader(mixture, batch_size=batch_size, sampler=StepSampler(batch_size=batch_size),
-                      collate_fn=partial(collate, pad_id=proc.tokenizer.pad_token_id), num_workers=workers,
+                      collate_fn=partial(collate, pad_id=pad_id), num_workers=workers,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
 
-def measure_loader(records, name, proc, *, batch_size, workers, batches, warmup, seed, window=5) -> dict:
+def measure_loader(mixture: MixtureDataset, pad_id: int, *, batch_size, workers, batches, warmup, window=5) -> dict:
     """Steady-state samples/s over `batches` batches after `warmup` untimed ones; also the best
     rate over any `window` consecutive batches (the least disturbed by other processes)."""
-    loader = make_loader(records, name, proc, batch_size=batch_size, workers=workers, seed=seed)
+    loader = make_loader(mixture, pad_id, batch_size=batch_size, workers=workers)
     start = time.perf_counter()
     it = iter(loader)
     for _ in range(warmup):
         next(it)
-    stamps, metas, tokens = [time.perf_counter()], [], 0
+    stamps, metas, tokens, targets = [time.perf_counter()], [], 0, 0
     for _ in range(batches):
         batch = next(it)
         stamps.append(time.perf_counter())
         metas += batch.rows
         tokens += int(batch.attention_mask.sum())
+        targets += sum(len(m) for m in batch.masks or [])
     del it, loader  # shuts the workers down
     window = min(window, batches)
     best = window * batch_size / min(stamps[i + window] - stamps[i] for i in range(batches - window + 1))
     return {"samples_per_s": len(metas) / (stamps[-1] - stamps[0]), "best_samples_per_s": best,
             "warmup_s": stamps[0] - start, "rows": len(metas), "tokens_per_row": tokens / max(len(metas), 1),
+            "targets_per_row": targets / max(len(metas), 1),
             "skipped": sum(len(m.extra.get("skipped", [])) for m in metas),
             "dropped_targets": sum(m.extra.get("dropped_targets", 0) for m in metas)}
 
@@ -269,10 +278,12 @@ def load_sources(args, cfg: Config, work: Path) -> dict[str, list[QARecord]]:
 def measure_all(args, cfg: Config, proc: PixelLMProcessor, sources: dict) -> tuple[dict, dict]:
     """Loader rates for every (source, workers), then training on pre-loaded synthetic batches."""
     bs = cfg.train.batch_size
+    pad = proc.tokenizer.pad_token_id
     loader_rows = {(name, w): timed(f"{name} loader, {w} workers", partial(
-        measure_loader, records, name, proc, batch_size=bs, workers=w, batches=args.batches,
-        warmup=args.warmup_batches, seed=args.seed)) for name, records in sources.items() for w in args.workers}
-    it = iter(make_loader(sources["custom/synthetic"], "synthetic", proc, batch_size=bs, workers=0, seed=args.seed))
+        measure_loader, one_source(records, name, proc, args.seed), pad, batch_size=bs, workers=w,
+        batches=args.batches, warmup=args.warmup_batches)) for name, records in sources.items() for w in args.workers}
+    it = iter(make_loader(one_source(sources["custom/synthetic"], "synthetic", proc, args.seed), pad,
+                          batch_size=bs, workers=0))
     train_batches = [next(it) for _ in range(4)]
     train = timed(f"training, {args.train_steps} steps", lambda: measure_training(
         cfg, train_batches, steps=args.train_steps, warmup=2, device=args.device))
@@ -351,6 +362,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile-samples", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="write the fixtures here instead of a temp dir")
+    ap.add_argument("--rehearsal", action="store_true",
+                    help="instead: the 7B recipe's loader on the rehearsal's 640x480 data vs one A100 (rehearsal_loader.py)")
+    ap.add_argument("--rehearsal-dir", type=Path, default=None,
+                    help="with --rehearsal: a `make rehearsal` folder (outputs/rehearsal); default: write its data to a temp dir")
+    ap.add_argument("--rehearsal-images", type=int, default=6, help="with --rehearsal: photos per source when writing data")
     return ap.parse_args(argv)
 
 
@@ -359,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = os.getloadavg()[0]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.rehearsal:
+        from rehearsal_loader import run
+
+        return run(args)
     cfg = load_config(args.config)
     bs = cfg.train.batch_size = args.batch_size or cfg.train.batch_size
     torch.manual_seed(cfg.train.seed)

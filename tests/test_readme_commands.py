@@ -31,6 +31,7 @@ COVERAGE = {
     "pixellm score muse": "test_score_cli.py",
     "python benchmarks/model_size.py": "test_model_size.py",
     "python benchmarks/data_throughput.py": "test_benchmark_scripts_run_at_tiny_size (below)",
+    "python benchmarks/data_throughput.py --rehearsal": "test_rehearsal_loader.py (2 photos per source, 3 batches)",
     "python benchmarks/generation_scaling.py": "test_benchmark_scripts_run_at_tiny_size (below)",
     "python benchmarks/train_throughput.py": "test_train_throughput.py",
     "pixellm plan-memory": "test_plan_memory.py (the 7B/13B recipes with --json, a tiny config's table)",

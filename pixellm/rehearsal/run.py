@@ -45,6 +45,7 @@ class Rehearsal:
         self.report: dict = {"stages": {}, "config": str(RECIPE), "llm_layers": args.llm_layers, "steps": args.steps,
                              "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
         self.start = time.time()
+        self.data_seed = 0  # set by the data pass (schedule.pick_seed)
 
     def stage(self, name: str, fn: Callable[[], dict], needs: tuple[str, ...] = ()) -> bool:
         """Run `fn` as stage `name` (its dict goes into the report) unless a stage it needs failed."""
@@ -94,12 +95,12 @@ def torchrun(ranks: int) -> list[str]:
 
 
 def recipe_overrides(r: Rehearsal, stage: str, run_dir: Path, steps: int, *extra: str) -> list[str]:
-    """The only changes to the committed recipe: paths, depth (in the checkpoint), step counts
-    and batch sizes."""
+    """The only changes to the committed recipe: paths, depth (in the checkpoint), step counts,
+    batch sizes, and the mixture seed that puts the hard cases into the few steps (schedule.py)."""
     return [str(RECIPE), f"model.llava_path={r.out / 'checkpoint'}", f"train.output_dir={run_dir}",
             f"train.deepspeed={stage}.json", f"train.max_steps={steps}", "train.warmup_steps=1",
             "train.batch_size=1", "train.grad_accum=1", f"train.save_every={SAVE_EVERY}", "train.eval_every=0",
-            "train.log_every=1", "train.keep_last=1", *extra]
+            "train.log_every=1", "train.keep_last=1", f"data.seed={r.data_seed}", *extra]
 
 
 def training_figures(run_dir: Path) -> dict:
@@ -134,13 +135,15 @@ def data_pass_stage(r: Rehearsal) -> dict:
     from ..data.mixture import QADataset
     from ..data.skips import SkipLog
     from ..training.setup import load_training_records
+    from .schedule import pick_seed
 
     cfg = load_config(RECIPE, [f"model.llava_path={r.out / 'checkpoint'}"])
     processor = text_processor(cfg)
     per_source = {}
     with contextlib.chdir(r.out):  # the recipe's data paths are relative to the run's directory
         skips = SkipLog(None)
-        for name, records in load_training_records(cfg, skips):
+        sources = load_training_records(cfg, skips)
+        for name, records in sources:
             samples = [QADataset(records, processor, name)[i] for i in range(len(records))]
             per_source[name] = {
                 "records": len(records), "truncated": sum(s.extra["truncated"] for s in samples),
@@ -148,7 +151,9 @@ def data_pass_stage(r: Rehearsal) -> dict:
                 "skipped": sum(len(s.extra["skipped"]) for s in samples),
                 "token_lengths": {k: v for k, v in token_lengths(records, processor).items() if k.startswith(("p", "max"))},
             }
-    return {"max_length": cfg.data.max_length, "sources": per_source, "load_skipped": len(skips.entries)}
+    r.data_seed, plan = pick_seed(sources, [s.weight for s in cfg.data.train], r.args.steps)
+    return {"max_length": cfg.data.max_length, "sources": per_source, "load_skipped": len(skips.entries),
+            "data_seed": r.data_seed, "micro_batches": [d.to_dict() for d in plan]}
 
 
 def train_stage(r: Rehearsal, stage: str) -> dict:
@@ -289,7 +294,7 @@ def main(argv=None) -> int:
     r.stage("data", lambda: data_stage(r))
     r.stage("data_pass", lambda: data_pass_stage(r), needs=("checkpoint", "data"))
     for stage in STAGES:
-        r.stage(f"train_{stage}", lambda stage=stage: train_stage(r, stage), needs=("checkpoint", "data"))
+        r.stage(f"train_{stage}", lambda stage=stage: train_stage(r, stage), needs=("checkpoint", "data_pass"))
     r.stage("bf16_load", lambda: bf16_load_stage(r), needs=("checkpoint", "data"))
     r.stage("resume", lambda: resume_stage(r), needs=("train_zero2",))
     r.stage("export", lambda: export_stage(r), needs=("train_zero2",))
