@@ -23,7 +23,7 @@ from pixellm.build import save_pixellm
 from pixellm.config import config_to_dict, load_config
 from pixellm.data.skips import SKIPPED_FILE, SkipLog
 from pixellm.entry import user_errors_exit
-from pixellm.training.checkpoint import find_resume, load_checkpoint, save_checkpoint
+from pixellm.training.checkpoint import base_on_disk, find_resume, load_checkpoint, save_checkpoint
 from pixellm.training.distributed import init_distributed
 from pixellm.training.held import engine_state_bytes
 from pixellm.training.logger import RunLogger
@@ -119,7 +119,7 @@ def main(argv=None, *, stop_after: int | None = None) -> TrainResult:
             logger.log(done, validate(engine.module, cfg, dist, out / f"val_step{done}", skips))
         last = done == cfg.train.max_steps
         if (cfg.train.save_every and done % cfg.train.save_every == 0) or last:
-            save_checkpoint(engine, out, done, dist, cfg.train.keep_last)
+            save_checkpoint(engine, out, done, dist, cfg.train.keep_last, exclude_frozen=base_on_disk(cfg.model))
         if stop_after is not None and done - start >= stop_after:
             break
     skips.add(meter.take_skips())

@@ -35,18 +35,41 @@ def load_from_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dty
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from .build import build_skeleton, read_config
+    from .training.checkpoint import frozen_excluded
 
     step_dir, run_dir = resolve_checkpoint(path)
     model_dir = run_dir / "model"
-    model = build_skeleton(read_config(model_dir), model_dir, device=device, dtype=dtype)
-    state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir.parent), tag=step_dir.name)
-    result = model.load_state_dict(state, strict=False)  # copies into the skeleton's own storage
-    if result.missing_keys or result.unexpected_keys:
+    excluded = frozen_excluded(step_dir)
+    # without its frozen parameters, the checkpoint goes on top of the run's base, built as the
+    # run built it; else on an uninitialised skeleton of the saved architecture
+    model = _base_model(run_dir) if excluded else build_skeleton(read_config(model_dir), model_dir, device=device, dtype=dtype)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir.parent), tag=step_dir.name,
+                                                     exclude_frozen_parameters=excluded)
+    result = model.load_state_dict(state, strict=False)  # copies into the model's own storage
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad} if excluded else set()
+    missing = [k for k in result.missing_keys if k not in frozen]
+    if missing or result.unexpected_keys:
         raise KeyError(
-            f"{step_dir}: checkpoint does not match the saved architecture: missing {result.missing_keys[:3]}, "
+            f"{step_dir}: checkpoint does not match the saved architecture: missing {missing[:3]}, "
             f"unexpected {result.unexpected_keys[:3]}"
         )
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+def _base_model(run_dir: Path) -> PixelLM:
+    """The run's model before training (fp32): its LLaVA base (`model.llava_path`, the preset's
+    checkpoint or `model.init_from` in `<run>/config.yaml`), codebook rows, LoRA and decoder."""
+    from .build import build_pixellm
+    from .config import ConfigError, load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    try:
+        return build_pixellm(cfg.model)
+    except (ConfigError, OSError) as e:
+        raise FileNotFoundError(
+            f"{run_dir}: its checkpoints hold the trained weights only; the frozen base comes from "
+            f"{cfg.model.init_from or cfg.model.llava_path} (model.init_from / model.llava_path in "
+            f"{run_dir / 'config.yaml'}), which could not be read: {e}") from None
 
 
 def merge_adapters(model: PixelLM) -> PixelLM:

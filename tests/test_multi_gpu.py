@@ -280,3 +280,22 @@ def test_what_each_rank_engine_holds_equals_the_memory_plan_for_two_gpus(ws, sta
         held = s["engine_bytes"]
         assert len(held) == expected and {k: planned[k] for k in held} == held
         assert all(v > 0 for v in held.values()), held
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_checkpoints_leave_out_the_frozen_base_and_resume_and_export_rebuild_it(ws, stage):
+    """The base is on disk (model.llava_path), so a checkpoint holds the trainable part only:
+    the saved module state names no frozen parameter (the resume and export tests above then
+    prove the model is rebuilt from the base correctly)."""
+    from pixellm.export import resolve_checkpoint
+    from pixellm.training.checkpoint import frozen_excluded
+
+    step_dir, _ = resolve_checkpoint(ws.run(stage, 2))
+    assert frozen_excluded(step_dir)
+    files = list(step_dir.glob("*model_states.pt"))
+    assert files
+    for path in files:
+        module = torch.load(path, map_location="cpu", weights_only=False).get("module") or {}
+        saved = {k for k in module if "lora_" not in k and "trainable_tokens" not in k}
+        frozen_base = {k for k in saved if k.startswith("llava.") and not k.endswith("_buffer")}
+        assert not frozen_base, f"{path.name} holds frozen weights, e.g. {sorted(frozen_base)[:3]}"

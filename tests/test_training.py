@@ -65,7 +65,7 @@ class FakeEngine:
     def __init__(self, crash: bool = False):
         self.crash = crash
 
-    def save_checkpoint(self, root, tag, client_state, save_latest):
+    def save_checkpoint(self, root, tag, client_state, save_latest, exclude_frozen_parameters=False):
         assert save_latest is False  # `latest` is ours, written atomically
         (Path(root) / tag).mkdir(parents=True)
         (Path(root) / tag / "mp_rank_00_model_states.pt").write_text("partial")
