@@ -143,13 +143,13 @@ class ModelConfig:
 class SourceConfig:
     """One dataset in the training mixture or evaluation list."""
 
-    type: Literal["synthetic", "custom", "muse", "refer", "grefcoco", "vqa", "semseg"] = _help(
+    type: Literal["synthetic", "custom", "muse", "refer", "grefcoco", "vqa", "semseg", "reasonseg"] = _help(
         "Loader to use.", "custom"
     )
     weight: float = _help("Sampling weight in the mixture.", 1.0)
     annotations: str | None = _help("Annotation file (custom, muse, vqa).", None)
     image_root: str | None = _help("Folder that image paths resolve against.", None)
-    root: str | None = _help("REFER root folder (refer, grefcoco, semseg).", None)
+    root: str | None = _help("Root folder (refer, grefcoco, semseg; reasonseg: the folder holding train/ val/ test/).", None)
     name: str | None = _help("REFER dataset name, e.g. refcoco, or semseg layout.", None)
     split_by: str | None = _help("REFER split-by, e.g. unc, umd, google.", None)
     split: str = _help("Split name.", "train")

@@ -29,6 +29,10 @@ COVERAGE = {
     "python evaluate.py MODEL_DIR": "test_evaluate.py, test_finetune_custom.py::test_evaluate_skips_bad_records_and_names_them",
     "torchrun --nproc_per_node 4 evaluate.py": "test_evaluate.py::test_sharded_evaluation_over_two_processes_matches_one_process",
     "pixellm score muse": "test_score_cli.py",
+    "pixellm validate-data reasonseg": "test_reasonseg.py::test_validate_data_names_every_malformed_file, "
+                                       "test_rehearsal_data.py",
+    "python evaluate.py MODEL_DIR --dataset reasonseg:val": "test_reasonseg.py::test_evaluate_py_runs_reasonseg_end_to_end_with_a_tiny_model",
+    "pixellm score reasonseg": "test_reasonseg.py::test_score_leaves_ignore_pixels_out_and_reports_short_and_long_queries",
     "python benchmarks/model_size.py": "test_model_size.py",
     "python benchmarks/data_throughput.py": "test_benchmark_scripts_run_at_tiny_size (below)",
     "python benchmarks/data_throughput.py --rehearsal": "test_rehearsal_loader.py (2 photos per source, 3 batches)",

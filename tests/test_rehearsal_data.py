@@ -64,7 +64,7 @@ def test_val_sources_load(written, monkeypatch, spec):
 
 
 @pytest.mark.parametrize("name", ["refcoco:val", "refcoco+:val", "refcocog:val", "refclef:val",
-                                  "grefcoco:val", "muse:val"])
+                                  "grefcoco:val", "muse:val", "reasonseg:val"])
 def test_evaluate_dataset_names_load(written, name):
     root, _ = written
     dataset = parse_dataset(name, data_root=str(root / "data"))
@@ -85,7 +85,10 @@ def test_evaluate_dataset_names_load(written, name):
     ["refer", "--root", "data/refer_seg", "--name", "refclef", "--split-by", "unc"],
     ["grefcoco", "--root", "data/refer_seg", "--name", "grefcoco", "--split-by", "unc"],
     ["custom", "--annotations", "data/custom/train.jsonl", "--image-root", "data/custom"],
-], ids=["muse-train", "muse-val", "refcoco", "refcocog", "refclef", "grefcoco", "custom"])
+    ["reasonseg", "--root", "data/reasonseg", "--split", "train"],
+    ["reasonseg", "--root", "data/reasonseg", "--split", "val"],
+], ids=["muse-train", "muse-val", "refcoco", "refcocog", "refclef", "grefcoco", "custom", "reasonseg-train",
+        "reasonseg-val"])
 def test_validate_data_finds_no_problem(written, monkeypatch, capsys, args):
     root, _ = written
     monkeypatch.chdir(root)

@@ -20,6 +20,7 @@ REQUIRED = {
     "refer": ("root", "name", "split_by"),
     "grefcoco": ("root", "name", "split_by"),
     "semseg": ("root", "name"),
+    "reasonseg": ("root",),
     "synthetic": (),
 }
 
@@ -56,7 +57,7 @@ def load_source(spec: SourceConfig, data: DataConfig, *, mode: str = "train", wh
                 skipped: list[Problem] | None = None) -> list[QARecord]:
     """Records of one configured source. mode: "train" (REFER groups expressions into
     multi-target questions) or "eval" (one question per expression). skipped: when given,
-    the custom, MUSE and VQA loaders append a malformed record to it and go on (skips.py)
+    the custom, MUSE, VQA and ReasonSeg loaders append a malformed record to it and go on (skips.py)
     instead of raising; a source without any usable record raises DataError either way."""
     missing = [k for k in REQUIRED[spec.type] if getattr(spec, k) is None]
     if missing:
@@ -89,6 +90,10 @@ def load_source(spec: SourceConfig, data: DataConfig, *, mode: str = "train", wh
 
         image_root = p(spec.image_root) if spec.image_root else None
         return load_grefcoco(p(spec.root), spec.name, spec.split_by, spec.split, image_root=image_root)
+    if spec.type == "reasonseg":
+        from .reasonseg import load_reasonseg
+
+        return load_reasonseg(p(spec.root), spec.split, mode=mode, skipped=skipped)
     from .semseg import load_semseg
 
     return load_semseg(p(spec.root), spec.name, spec.split, seed=data.seed)

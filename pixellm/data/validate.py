@@ -1,4 +1,4 @@
-"""`pixellm validate-data {muse,refer,grefcoco,custom} ...`: report every bad record, never crash.
+"""`pixellm validate-data {muse,refer,grefcoco,reasonseg,custom} ...`: report every bad record, never crash.
 
 Prints one line per problem (`file: where: reason`; `warning: file: where: reason` for a record
 that is usable but probably not what was meant: an empty answer, an empty mask) to stdout, then a
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import DataError, Problem
 
-FORMATS = ("muse", "refer", "grefcoco", "custom")
+FORMATS = ("muse", "refer", "grefcoco", "reasonseg", "custom")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,10 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("format", choices=FORMATS)
     p.add_argument("--annotations", type=Path, help="annotation file (muse, custom)")
     p.add_argument("--image-root", type=Path, help="image folder (muse, custom; optional for refer, grefcoco)")
-    p.add_argument("--root", type=Path, help="REFER root holding <name>/ (refer, grefcoco)")
+    p.add_argument("--root", type=Path, help="REFER root holding <name>/ (refer, grefcoco); the folder holding "
+                   "train/ val/ test/ (reasonseg)")
     p.add_argument("--name", help="dataset folder under --root (default: refcoco, or grefcoco)")
     p.add_argument("--split-by", default="unc", help="refs(<split-by>).p / grefs(<split-by>).json (default: unc)")
-    p.add_argument("--split", help="only check refs of this split (refer, grefcoco; default: all)")
+    p.add_argument("--split", help="only check refs of this split (refer, grefcoco; default: all); the split "
+                   "folder (reasonseg; default: val)")
     p.add_argument("--config", type=Path, metavar="YAML",
                    help="also print the prompt+answer token lengths under this training config's tokenizer "
                         "and template, and how many answers its data.max_length would cut")
@@ -56,6 +58,10 @@ def _check(args: argparse.Namespace) -> tuple[int, list[Problem]]:
         from .custom import validate_custom  # written alongside; imported only when asked for
 
         return _count_lines(args.annotations), list(validate_custom(args.annotations, args.image_root))
+    if args.format == "reasonseg":
+        from .reasonseg import check_reasonseg
+
+        return check_reasonseg(args.root, args.split or "val")
     if args.format == "refer":
         from .refer import check_refer
 
@@ -68,8 +74,8 @@ def _check(args: argparse.Namespace) -> tuple[int, list[Problem]]:
 def _usage_error(args: argparse.Namespace) -> str | None:
     if args.format in ("muse", "custom") and (args.annotations is None or args.image_root is None):
         return f"validate-data {args.format} needs --annotations FILE and --image-root DIR"
-    if args.format in ("refer", "grefcoco") and args.root is None:
-        return f"validate-data {args.format} needs --root DIR (and --name, --split-by)"
+    if args.format in ("refer", "grefcoco", "reasonseg") and args.root is None:
+        return f"validate-data {args.format} needs --root DIR" + ("" if args.format == "reasonseg" else " (and --name, --split-by)")
     return None
 
 
@@ -89,6 +95,10 @@ def _records(args: argparse.Namespace) -> list:
         from .custom import load_custom
 
         return load_custom(args.annotations, args.image_root, skipped=skipped)
+    if args.format == "reasonseg":
+        from .reasonseg import load_reasonseg
+
+        return load_reasonseg(args.root, args.split or "val", skipped=skipped)
     image_root = args.image_root
     if args.format == "refer":
         from .refer import load_refer

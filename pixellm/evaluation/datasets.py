@@ -23,7 +23,8 @@ class EvalDataset:
 
 def parse_dataset(text: str, *, data_root: str = "data", image_root: str | None = None, protocol: str = "both") -> EvalDataset:
     """Dataset names: synthetic:SPLIT, muse:{val,test_less,test_many},
-    refcoco|refcoco+|refcocog|refclef[@SPLITBY]:SPLIT, grefcoco:SPLIT, custom:PATH.jsonl.
+    refcoco|refcoco+|refcocog|refclef[@SPLITBY]:SPLIT, grefcoco:SPLIT, reasonseg:{val,test},
+    custom:PATH.jsonl.
 
     Paths follow the README layout under `data_root`; `image_root` overrides the image folder.
     """
@@ -38,6 +39,9 @@ def parse_dataset(text: str, *, data_root: str = "data", image_root: str | None 
         src = SourceConfig(type="muse", annotations=str(root / "muse" / f"muse_{split}.json"),
                            image_root=image_root or str(root / "coco"), split=split)
         return EvalDataset(text, src, "muse", ("generated",))
+    if name == "reasonseg":
+        src = SourceConfig(type="reasonseg", root=str(root / "reasonseg"), name="reasonseg", split=split)
+        return EvalDataset(text, src, "reasonseg", ("generated",))
     if name == "custom":
         path = Path(split)
         src = SourceConfig(type="custom", annotations=str(path), image_root=image_root or str(path.parent), split=path.stem)

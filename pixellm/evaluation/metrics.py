@@ -29,6 +29,12 @@ Protocols (`PROTOCOLS`):
   (count_acc sees them).
 * ``grefcoco``: one pair per expression, union of GT masks vs union of predicted masks
   (ReLA conventions); "no target" means an empty mask.
+* ``reasonseg``: one pair per query, union of predicted masks vs the GT mask, with the GT's
+  ignore pixels (value 255 in LISA's ground truth) left out of both intersection and union
+  (LISA conventions); reported overall and per query kind (`short`, `long`: `is_sentence`).
+
+Every result says how it was computed: `empty_pair_iou` (1: empty vs empty is a perfect pair),
+`protocol`, `num_questions` scored and `num_missing_predictions`.
 """
 
 from __future__ import annotations
@@ -259,13 +265,27 @@ class PairStats:
         return self.box_hits / self.num_pairs if self.num_pairs else None
 
 
+def reasonseg_pair(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], ignore: np.ndarray | None) -> Pair:
+    """ReasonSeg pair: union of predicted masks vs union of GT masks, outside `ignore` (LISA's
+    255 pixels: in neither intersection nor union)."""
+    shape = gts[0].shape if gts else (preds[0].shape if preds else (None if ignore is None else ignore.shape))
+    pred, gt = union_mask(preds, shape), union_mask(gts, shape)
+    if ignore is not None and ignore.any():
+        keep = ~ignore.astype(bool, copy=False)
+        pred, gt = (None if m is None else m & keep for m in (pred, gt))
+    return _empty_or(pred, gt)
+
+
 _PAIRS = {"muse": muse_pairs, "custom": muse_pairs, "refer": refer_pairs}
 
 
-def question_pairs(protocol: str, preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> list[Pair]:
-    """The pairs one question contributes under `protocol`."""
+def question_pairs(protocol: str, preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
+                   ignore: np.ndarray | None = None) -> list[Pair]:
+    """The pairs one question contributes under `protocol` (`ignore`: reasonseg only)."""
     if protocol == "grefcoco":
         return [grefcoco_pair(preds, gts)]
+    if protocol == "reasonseg":
+        return [reasonseg_pair(preds, gts, ignore)]
     if protocol not in _PAIRS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     return _PAIRS[protocol](preds, gts)
@@ -285,18 +305,24 @@ class Scorer:
         self.num_pred: list[int] = []
         self.num_gt: list[int] = []
         self.missing = 0
+        self.groups: dict[str, PairStats] = {}  # per question kind (ReasonSeg: short / long)
 
-    def add(self, gts: Sequence[np.ndarray], preds: Sequence[np.ndarray] | None) -> list[Pair]:
-        """Score one question; preds=None means it has no prediction record (= zero masks)."""
+    def add(self, gts: Sequence[np.ndarray], preds: Sequence[np.ndarray] | None, *,
+            ignore: np.ndarray | None = None, group: str | None = None) -> list[Pair]:
+        """Score one question; preds=None means it has no prediction record (= zero masks).
+        `ignore`: pixels left out of the pair (reasonseg); `group`: the question's kind, scored
+        separately as well."""
         if preds is None:
             self.missing += 1
             preds = []
-        pairs = question_pairs(self.protocol, preds, gts)
+        pairs = question_pairs(self.protocol, preds, gts, ignore)
         target = has_target(gts)
         for pair in pairs:
             self.stats.add(pair)
             if target:
                 self.target_stats.add(pair)
+            if group is not None:
+                self.groups.setdefault(group, PairStats()).add(pair)
         self.tally.add(target, predicts_nothing(preds))
         self.num_pred.append(len(preds))
         self.num_gt.append(len(gts))
@@ -308,6 +334,7 @@ class Scorer:
         box_P@0.5, count_acc, counts; T-acc for grefcoco."""
         out = {
             "protocol": self.protocol,
+            "empty_pair_iou": 1,
             "gIoU": self.stats.giou,
             "cIoU": self.stats.ciou,
             "gIoU_targets": self.target_stats.giou,
@@ -324,6 +351,9 @@ class Scorer:
         }
         if self.protocol == "grefcoco":
             out["T-acc"] = self.tally.t_acc
+        for name, stats in sorted(self.groups.items()):
+            out[name] = {"gIoU": stats.giou, "cIoU": stats.ciou, "num_questions": stats.num_pairs,
+                         "intersection": stats.inter, "union": stats.union}
         return out
 
 

@@ -1,4 +1,4 @@
-"""`pixellm score {muse,refer,grefcoco,custom} ... --predictions P.jsonl`: score a predictions
+"""`pixellm score {muse,refer,grefcoco,reasonseg,custom} ... --predictions P.jsonl`: score a predictions
 file against a dataset split and print one JSON object (sorted keys) to stdout.
 
 `score_predictions` is the one home of the scoring logic; evaluation code calls it directly.
@@ -43,6 +43,19 @@ def gt_masks(record: QARecord, size: tuple[int, int] | None = None) -> list[np.n
         raise DataError(Problem(str(record.image_path), where, f"ground-truth mask: {e}")) from None
 
 
+def question_context(record: QARecord, size: tuple[int, int]) -> dict:
+    """What a question adds to its masks for scoring: the GT's ignore pixels and the query kind
+    (ReasonSeg: `extra["ignore"]`, `extra["is_sentence"]`); nothing for other sources."""
+    from pixellm.data.masks import decode_mask
+
+    context = {}
+    if "ignore" in record.extra:
+        context["ignore"] = decode_mask(record.extra["ignore"], *size)
+    if "is_sentence" in record.extra:
+        context["group"] = "long" if record.extra["is_sentence"] else "short"
+    return context
+
+
 def score_predictions(
     protocol: str, records: Sequence[QARecord], predictions: dict[str, dict], skipped: list[dict] | None = None
 ) -> dict:
@@ -80,7 +93,7 @@ def score_predictions(
             continue
         pred = predictions.get(qid)
         pred_masks = None if pred is None else decode_prediction_masks(pred, *size)
-        scorer.add(gts, pred_masks)
+        scorer.add(gts, pred_masks, **question_context(record, size))
     out = scorer.result()
     out["num_ignored_predictions"] = warn_ignored(set(predictions) - seen)
     out["num_skipped"] = len(unscored)
@@ -97,6 +110,10 @@ def load_records(args: argparse.Namespace) -> list[QARecord]:
         from pixellm.data.custom import load_custom
 
         return load_custom(Path(args.annotations), Path(args.image_root))
+    if args.protocol == "reasonseg":
+        from pixellm.data.reasonseg import load_reasonseg
+
+        return load_reasonseg(Path(args.root), args.split or "val", mode="eval", all_queries=args.all_queries)
     image_root = Path(args.image_root) if args.image_root else None
     if args.protocol == "refer":
         from pixellm.data.refer import load_refer
@@ -112,6 +129,8 @@ def load_records(args: argparse.Namespace) -> list[QARecord]:
 def _missing_flags(args: argparse.Namespace) -> list[str]:
     if args.protocol in ("muse", "custom"):
         need = {"--annotations": args.annotations, "--image-root": args.image_root}
+    elif args.protocol == "reasonseg":
+        need = {"--root": args.root}
     else:
         need = {"--root": args.root, "--name": args.name, "--split-by": args.split_by}
     return [flag for flag, value in need.items() if not value]
@@ -151,8 +170,11 @@ def register(subparsers) -> None:
     p.add_argument("--predictions", required=True, metavar="P.jsonl", help="predictions file (JSON Lines)")
     p.add_argument("--annotations", metavar="FILE", help="annotation file (muse, custom)")
     p.add_argument("--image-root", metavar="DIR", help="image folder (required for muse, custom)")
-    p.add_argument("--split", metavar="NAME", help="split to score (default: val; muse, refer, grefcoco)")
-    p.add_argument("--root", metavar="DIR", help="REFER-layout data root (refer, grefcoco)")
+    p.add_argument("--split", metavar="NAME", help="split to score (default: val; muse, refer, grefcoco, reasonseg)")
+    p.add_argument("--root", metavar="DIR", help="REFER-layout data root (refer, grefcoco); the folder holding "
+                   "train/ val/ test/ (reasonseg)")
+    p.add_argument("--all-queries", action="store_true",
+                   help="reasonseg: score every query of each image (default: the first, as LISA's validation)")
     p.add_argument("--name", metavar="NAME", help="dataset name, e.g. refcoco (refer, grefcoco)")
     p.add_argument("--split-by", metavar="NAME", help="split owner, e.g. unc (refer, grefcoco)")
     p.set_defaults(func=run, score_parser=p)

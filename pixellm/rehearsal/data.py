@@ -15,6 +15,7 @@ the 7B recipe can run with the working directory `root` and its relative paths u
     data/llava_dataset/llava_instruct_150k.json           images in data/coco/train2017/
     data/muse/muse_{train,val}.json                       images in data/coco/<folder>/
                                                           (train2014, train2017, val2017)
+    data/reasonseg/{train,val}/<stem>.jpg + <stem>.json  LabelMe shapes: target, ignore, flag
     data/custom/train.jsonl + images/*.jpg + masks/*.png  (a custom-data stage)
 
 Images are JPEGs of 640x480, 480x640 or 640x427 with smooth random shapes; every mask is a
@@ -693,6 +694,52 @@ def write_muse(data: Path, n: int, split: str, rng: np.random.Generator) -> dict
             "no_target_questions": targets.count(0)}
 
 
+# ------------------------------------------------------------------ ReasonSeg (LISA's layout)
+
+REASONING = (
+    "If you wanted something {color} from the {pos} of this picture, which object would you pick up?",
+    "Which object here is the one a person would most likely reach for first, and why that {name}?",
+    "What in this scene could you use if you needed a {name}-like thing that is {color}?",
+)
+
+
+def labelme_shape(label: str, polygon: list[float]) -> dict:
+    """One LabelMe polygon shape (points as [x, y] float pairs, as LISA's files store them)."""
+    return {"label": label, "points": [[x, y] for x, y in zip(polygon[::2], polygon[1::2])],
+            "group_id": None, "shape_type": "polygon", "flags": {}}
+
+
+def reasonseg_annotation(scene: Scene, rng: np.random.Generator, is_sentence: bool) -> dict:
+    """`<stem>.json`: queries about one object (all its polygons labelled "target"), another
+    object labelled "ignore" where there is one, and on every other image a "flag" shape."""
+    target = scene.objects[int(rng.integers(len(scene.objects)))]
+    pos = position(target, scene.width, scene.height)
+    if is_sentence:
+        text = [t.format(color=target.color, pos=pos, name=target.name) for t in REASONING[:2]]
+    else:
+        text = [f"the {target.color} {target.name}", f"{target.name} on the {pos}"]
+    shapes = [labelme_shape("target", poly) for poly in target.polygons]
+    others = [o for o in scene.objects if o is not target]
+    if others:
+        shapes += [labelme_shape("ignore", poly) for poly in others[int(rng.integers(len(others)))].polygons]
+    if rng.random() < 0.5:
+        shapes.append(labelme_shape("flag", [5.0, 5.0, 40.0, 5.0, 40.0, 30.0]))
+    return {"text": text, "is_sentence": is_sentence, "shapes": shapes}
+
+
+def write_reasonseg(data: Path, n: int, rng: np.random.Generator) -> dict:
+    """ReasonSeg: `reasonseg/{train,val}/<stem>.jpg` + `<stem>.json` (see pixellm.data.reasonseg),
+    `n` images per split, short and long queries alternating."""
+    for split in ("train", "val"):
+        folder = data / "reasonseg" / split
+        for k in range(n):
+            scene = coco_scene(rng, COCO_CATEGORIES)
+            stem = f"{int(rng.integers(10**9, 10**10))}_{k:03d}"
+            write_jpeg(folder / f"{stem}.jpg", scene.pixels)
+            write_json(folder / f"{stem}.json", reasonseg_annotation(scene, rng, is_sentence=k % 2 == 1))
+    return {"paths": [rel(data / "reasonseg", data.parent)], "images": n, "splits": ["train", "val"]}
+
+
 # ------------------------------------------------------------------ custom JSONL
 
 
@@ -774,5 +821,6 @@ def write_rehearsal_data(root: Path, *, images: int = 6, seed: int = 0) -> dict:
     sources["llava_instruct"] = write_vqa(data, images, source_rng(seed, "vqa"))
     sources["muse_train"] = write_muse(data, images, "train", source_rng(seed, "muse_train"))
     sources["muse_val"] = write_muse(data, images, "val", source_rng(seed, "muse_val"))
+    sources["reasonseg"] = write_reasonseg(data, images, source_rng(seed, "reasonseg"))
     sources["custom"] = write_custom(data, images, source_rng(seed, "custom"))
     return {"root": str(root), "seed": seed, "images": images, "sources": sources}

@@ -8,7 +8,7 @@ A random checkpoint with llava-1.5-7b-hf's exact configuration but `--llm-layers
 batch sizes overridden: 2 ranks under ZeRO-2, ZeRO-3 and ZeRO-3-offload with the whole mixture
 and gradient checkpointing (fp32 compute: bf16 matmuls are emulated and 5-25x slower on this
 CPU), a ZeRO-3 bf16 load check, a run killed with SIGKILL and resumed, an export, evaluate.py
-on refcoco:val (both protocols), grefcoco:val and muse:val, and `pixellm chat`.
+on refcoco:val (both protocols), grefcoco:val, muse:val and reasonseg:val, and `pixellm chat`.
 `<out>/report.json` is rewritten after every stage: each stage's `ok`, seconds, and its figures
 (seconds per step, peak RSS per rank, losses, truncated answers per source, metrics); a stage
 that cannot run because an earlier one failed says so. Exit status 1 if any stage failed.
@@ -259,7 +259,7 @@ def export_stage(r: Rehearsal) -> dict:
 def evaluate_stage(r: Rehearsal) -> dict:
     out = r.out / "eval"
     run([sys.executable, str(REPO / "evaluate.py"), str(r.out / "export"), "--dataset", "refcoco:val",
-         "--dataset", "grefcoco:val", "--dataset", "muse:val", "--data-root", str(r.out / "data"), "--out", str(out),
+         "--dataset", "grefcoco:val", "--dataset", "muse:val", "--dataset", "reasonseg:val", "--data-root", str(r.out / "data"), "--out", str(out),
          "eval.limit_images=2", f"eval.max_new_tokens={r.args.max_new_tokens}", "eval.batch_size=2"],
         cwd=r.out, timeout=r.args.stage_timeout)
     return {"metrics": json.loads((out / "summary.json").read_text())}

@@ -12,7 +12,8 @@ from ..modeling.zero3 import is_partitioned
 from ..predictor import PixelLMPredictor
 from .distributed import DistInfo
 
-PROTOCOLS = {"synthetic": "custom", "custom": "custom", "muse": "muse", "refer": "refer", "grefcoco": "grefcoco"}
+PROTOCOLS = {"synthetic": "custom", "custom": "custom", "muse": "muse", "refer": "refer", "grefcoco": "grefcoco",
+             "reasonseg": "reasonseg"}
 
 
 def limit_images(records: list, limit: int | None) -> list:
