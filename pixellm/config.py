@@ -178,6 +178,11 @@ class DataConfig:
     max_length: int = _help("Token budget per row (image tokens included).", 512)
     num_workers: int = _help("DataLoader workers.", 2)
     seed: int = _help("Mixture sampling seed.", 0)
+    leak_check: list[str] = _help(
+        "Evaluation splits (evaluate.py --dataset names) whose images are looked for in the training "
+        "mixture before training (pixellm/data/leaks.py); absent ones are reported.", factory=list)
+    leak_check_root: str = _help("Data root the leak_check names resolve under.", "data")
+    exclude_eval_images: bool = _help("Drop training records whose image is in a leak_check split.", False)
     synthetic: SyntheticSettings = _help("Synthetic task settings.", factory=SyntheticSettings)
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ from ..build import build_pixellm
 from ..config import Config, ConfigError, TrainConfig
 from ..data.batch import Batch, collate
 from ..data.errors import Problem
+from ..data.leaks import guard as leak_guard
 from ..data.mixture import MixtureDataset, QADataset, StepSampler
 from ..data.records import QARecord
 from ..data.skips import SkipLog, skip_entry
@@ -86,7 +87,9 @@ def load_training_records(cfg: Config, skips: SkipLog) -> list[tuple[str, list[Q
     """(name, records) of every `data.train` source, read before the model is built, so that a
     missing file or a source without a usable record stops the run at once (DataError); the
     `data.val` sources are read once too, for the same reason. Bad training records are skipped
-    and written to `skips` (stage "load")."""
+    and written to `skips` (stage "load"). Then the leak guard (data/leaks.py: `data.leak_check`)
+    counts training images that are evaluation images and, with `data.exclude_eval_images`,
+    drops them."""
     if not cfg.data.train:
         raise ConfigError("data.train is empty: list at least one source in the config")
     for i, spec in enumerate(cfg.data.val):
@@ -99,7 +102,7 @@ def load_training_records(cfg: Config, skips: SkipLog) -> list[tuple[str, list[Q
         if bad:
             log.warning("%s: %d bad records left out (%s)", source_name(spec), len(bad), skips.path or "skipped.jsonl")
         sources.append((source_name(spec), records))
-    return sources
+    return leak_guard(sources, cfg.data)
 
 
 def build_mixture(cfg: Config, model: PixelLM, sources: list[tuple[str, list[QARecord]]]) -> MixtureDataset:
