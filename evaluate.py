@@ -25,6 +25,7 @@ from pixellm.evaluation.datasets import EvalDataset, parse_dataset
 from pixellm.evaluation.loading import eval_config, load_model
 from pixellm.evaluation.report import format_table
 from pixellm.evaluation.runner import evaluate_split
+from pixellm.evaluation.units import select_unit
 from pixellm.precision import DTYPE_CHOICES, resolve_dtype
 from pixellm.predictor import PixelLMPredictor
 from pixellm.training.validation import limit_images
@@ -38,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="synthetic:val, muse:test_less, refcoco:val, refcocog@umd:test, grefcoco:val, custom:FILE.jsonl")
     p.add_argument("--protocol", choices=["both", "teacher_forced", "generated"], default="both",
                    help="RefCOCO-family protocol(s); MUSE and custom data are always generated")
+    p.add_argument("--per", choices=["expression", "instance"], default="expression",
+                   help="averaging unit of the RefCOCO family: every expression (LISA, PixelLM) or each referred "
+                   "object by its first expression (Seg-Zero, VisionReasoner); other datasets keep theirs")
     p.add_argument("--data-root", default="data", help="root of the dataset layout (README)")
     p.add_argument("--image-root", default=None, help="override the image folder")
     p.add_argument("--out", default=None, help="output folder (default: eval.output_dir)")
@@ -66,7 +70,8 @@ def main(argv=None) -> dict:
     out = Path(args.out or cfg.eval.output_dir)
     skips = SkipLog(out / SKIPPED_FILE if rank == 0 else None)
     splits = [(ds, load_split(ds, cfg, skips)) for ds in (
-        parse_dataset(t, data_root=args.data_root, image_root=args.image_root, protocol=args.protocol) for t in args.dataset)]
+        parse_dataset(t, data_root=args.data_root, image_root=args.image_root, protocol=args.protocol, per=args.per)
+        for t in args.dataset)]
     model, cfg = load_model(args.model, cfg=cfg, device=device, dtype=resolve_dtype(args.dtype, device))  # data first
     predictor = PixelLMPredictor(model)
     results = {}
@@ -77,6 +82,7 @@ def main(argv=None) -> dict:
             results[key] = evaluate_split(
                 predictor, records, ds.protocol, mode, folder, batch_size=cfg.eval.batch_size,
                 max_new_tokens=cfg.eval.max_new_tokens, rank=rank, world_size=world, split=ds.source.split, skips=skips,
+                per=ds.per,
             )
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(results, indent=2, sort_keys=True))
@@ -91,6 +97,8 @@ def load_split(ds: EvalDataset, cfg, skips: SkipLog) -> list:
     bad: list = []
     records = load_source(ds.source, cfg.data, mode="eval", where=f"--dataset {ds.name}", skipped=bad)
     skips.add([skip_entry(p, source=ds.name, stage="load") for p in bad])
+    if ds.protocol == "refer":  # per instance: only the first expression of each object is run
+        records, _ = select_unit(records, ds.per or "expression")
     return limit_images(records, cfg.eval.limit_images)
 
 

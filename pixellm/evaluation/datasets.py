@@ -19,14 +19,17 @@ class EvalDataset:
     source: SourceConfig
     protocol: str
     modes: tuple[str, ...]
+    per: str | None = None  # averaging unit (evaluation.units); None: the protocol's default
 
 
-def parse_dataset(text: str, *, data_root: str = "data", image_root: str | None = None, protocol: str = "both") -> EvalDataset:
+def parse_dataset(text: str, *, data_root: str = "data", image_root: str | None = None, protocol: str = "both",
+                  per: str = "expression") -> EvalDataset:
     """Dataset names: synthetic:SPLIT, muse:{val,test_less,test_many},
     refcoco|refcoco+|refcocog|refclef[@SPLITBY]:SPLIT, grefcoco:SPLIT, reasonseg:{val,test},
     custom:PATH.jsonl.
 
     Paths follow the README layout under `data_root`; `image_root` overrides the image folder.
+    `per` ("expression" or "instance") is the averaging unit of the REFER family (others keep theirs).
     """
     if ":" not in text:
         raise ConfigError(f"--dataset {text!r}: expected NAME:SPLIT, e.g. refcoco:val or synthetic:val")
@@ -51,5 +54,5 @@ def parse_dataset(text: str, *, data_root: str = "data", image_root: str | None 
         kind = "grefcoco" if base == "grefcoco" else "refer"
         src = SourceConfig(type=kind, root=str(root / "refer_seg"), name=base,
                            split_by=split_by or REFER_NAMES.get(base, "unc"), split=split, image_root=image_root)
-        return EvalDataset(text, src, kind, both)
+        return EvalDataset(text, src, kind, both, per if kind == "refer" else None)
     raise ConfigError(f"--dataset {text!r}: unknown dataset {base!r}")

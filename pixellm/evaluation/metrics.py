@@ -28,7 +28,11 @@ Protocols (`PROTOCOLS`):
   follow the text order), a missing one is an empty mask, extra predictions are not scored
   (count_acc sees them).
 * ``grefcoco``: one pair per expression, union of GT masks vs union of predicted masks
-  (ReLA conventions); "no target" means an empty mask.
+  (ReLA conventions); "no target" means an empty mask. As ReLA's evaluator: a no-target
+  expression answered with nothing is IoU 1 (adds 0 / 0), answered with a mask IoU 0 (adds its
+  area to the union); a target expression answered with nothing is IoU 0 (adds the GT area).
+  N-acc = TP / (TP + FN) over no-target expressions, T-acc = TN / (TN + FP) over target ones,
+  Pr@0.7/0.8/0.9 = target expressions with IoU >= X / target expressions.
 * ``reasonseg``: one pair per query, union of predicted masks vs the GT mask, with the GT's
   ignore pixels (value 255 in LISA's ground truth) left out of both intersection and union
   (LISA conventions); reported overall and per query kind (`short`, `long`: `is_sentence`).
@@ -48,6 +52,7 @@ import numpy as np
 from ..constants import SCORING_PROTOCOLS
 
 PROTOCOLS = SCORING_PROTOCOLS
+GREFCOCO_PR_THRESHOLDS = (0.7, 0.8, 0.9)  # ReLA's table columns
 
 
 def mask_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
@@ -306,6 +311,8 @@ class Scorer:
         self.num_gt: list[int] = []
         self.missing = 0
         self.groups: dict[str, PairStats] = {}  # per question kind (ReasonSeg: short / long)
+        # gRefCOCO's Pr@X (ReLA): target expressions whose IoU >= X, over target expressions
+        self.precision_hits = dict.fromkeys(GREFCOCO_PR_THRESHOLDS, 0)
 
     def add(self, gts: Sequence[np.ndarray], preds: Sequence[np.ndarray] | None, *,
             ignore: np.ndarray | None = None, group: str | None = None) -> list[Pair]:
@@ -323,6 +330,9 @@ class Scorer:
                 self.target_stats.add(pair)
             if group is not None:
                 self.groups.setdefault(group, PairStats()).add(pair)
+            if target:
+                for t in self.precision_hits:
+                    self.precision_hits[t] += int(pair.iou >= t)
         self.tally.add(target, predicts_nothing(preds))
         self.num_pred.append(len(preds))
         self.num_gt.append(len(gts))
@@ -351,6 +361,8 @@ class Scorer:
         }
         if self.protocol == "grefcoco":
             out["T-acc"] = self.tally.t_acc
+            for t, hits in self.precision_hits.items():
+                out[f"Pr@{t}"] = hits / self.tally.target if self.tally.target else None
         for name, stats in sorted(self.groups.items()):
             out[name] = {"gIoU": stats.giou, "cIoU": stats.ciou, "num_questions": stats.num_pairs,
                          "intersection": stats.inter, "union": stats.union}

@@ -152,11 +152,12 @@ def evaluate_split(
     predictor: PixelLMPredictor, records: list[QARecord], protocol: str, mode: str, out_dir: str | Path, *,
     batch_size: int = 8, max_new_tokens: int = 128, rank: int = 0, world_size: int = 1,
     split: str | None = None, progress: bool = True, lockstep: bool = False, skips: SkipLog | None = None,
+    per: str | None = None,
 ) -> dict:
     """Predict, write `predictions.jsonl`, score it as `pixellm score` would and write
     `metrics.json` (identical to what `pixellm score` prints for that file). Records that
     cannot be predicted or scored are written to `skips` (rank 0) and counted in the metrics
-    (`num_skipped`)."""
+    (`num_skipped`). `per`: the averaging unit (`units`; None: the protocol's default)."""
     skipped: list[dict] = []
     preds = predict_records(
         predictor, records, mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -170,7 +171,8 @@ def evaluate_split(
     order = {str(r.question_id): i for i, r in enumerate(records)}
     preds.sort(key=lambda p: order.get(str(p["question_id"]), len(order)))
     write_predictions(out_dir / "predictions.jsonl", preds)
-    metrics = score_predictions(protocol, records, read_predictions(out_dir / "predictions.jsonl"), skipped=skipped)
+    metrics = score_predictions(protocol, records, read_predictions(out_dir / "predictions.jsonl"), skipped=skipped,
+                                per=per)
     if skips is not None:
         skips.add(skipped)
     if protocol != "custom" and split is not None:

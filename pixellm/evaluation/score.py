@@ -57,7 +57,8 @@ def question_context(record: QARecord, size: tuple[int, int]) -> dict:
 
 
 def score_predictions(
-    protocol: str, records: Sequence[QARecord], predictions: dict[str, dict], skipped: list[dict] | None = None
+    protocol: str, records: Sequence[QARecord], predictions: dict[str, dict], skipped: list[dict] | None = None,
+    per: str | None = None,
 ) -> dict:
     """Score `predictions` ({question_id: predictions record}, as `read_predictions` returns)
     against the ground truth in `records` under `protocol` (see `metrics`).
@@ -67,13 +68,23 @@ def score_predictions(
     `records` are ignored with a warning (`num_ignored_predictions`). A question whose ground
     truth does not decode is left out of the scores and appended to `skipped` with the reason;
     `num_skipped` counts the questions skipped here or before (entries already in `skipped`).
+    `per`: the averaging unit (`units`; default the protocol's); REFER records averaged per
+    "instance" keep each object's first expression, and the predictions of its other
+    expressions are left out (`num_unscored_expressions`).
     """
     from pixellm.data.images import ImageReadError
     from pixellm.data.skips import skip_entry
 
     from .metrics import Scorer, warn_ignored
     from .predictions import decode_prediction_masks
+    from .units import DEFAULT_PER, check_per, select_unit
 
+    per = per or DEFAULT_PER[protocol]
+    check_per(protocol, per)
+    other: set[str] = set()
+    if protocol == "refer":
+        records, other = select_unit(records, per)
+        predictions = {k: v for k, v in predictions.items() if k not in other}
     scorer = Scorer(protocol)
     seen: set[str] = set()
     skipped = [] if skipped is None else skipped
@@ -97,6 +108,9 @@ def score_predictions(
     out = scorer.result()
     out["num_ignored_predictions"] = warn_ignored(set(predictions) - seen)
     out["num_skipped"] = len(unscored)
+    out["per"] = per
+    if per == "instance":
+        out["num_unscored_expressions"] = len(other)
     return out
 
 
@@ -126,6 +140,15 @@ def load_records(args: argparse.Namespace) -> list[QARecord]:
                          image_root=image_root)
 
 
+def _per(args: argparse.Namespace) -> str | None:
+    """The averaging unit the flags ask for (None: the protocol's default)."""
+    if args.protocol == "reasonseg":
+        return "query" if args.all_queries else "image"
+    if args.per is not None and args.protocol != "refer":
+        args.score_parser.error(f"--per is for the refer protocol (RefCOCO/+/g, RefCLEF), not {args.protocol}")
+    return args.per
+
+
 def _missing_flags(args: argparse.Namespace) -> list[str]:
     if args.protocol in ("muse", "custom"):
         need = {"--annotations": args.annotations, "--image-root": args.image_root}
@@ -141,13 +164,14 @@ def run(args: argparse.Namespace) -> int:
     missing = _missing_flags(args)
     if missing:
         args.score_parser.error(f"{args.protocol} needs {', '.join(missing)}")
+    per = _per(args)
     try:
         from .predictions import read_predictions
 
         predictions = read_predictions(args.predictions)
         records = load_records(args)
         skipped: list[dict] = []
-        result = score_predictions(args.protocol, records, predictions, skipped=skipped)
+        result = score_predictions(args.protocol, records, predictions, skipped=skipped, per=per)
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -175,6 +199,9 @@ def register(subparsers) -> None:
                    "train/ val/ test/ (reasonseg)")
     p.add_argument("--all-queries", action="store_true",
                    help="reasonseg: score every query of each image (default: the first, as LISA's validation)")
+    p.add_argument("--per", choices=["expression", "instance"], default=None,
+                   help="refer: average over every expression (default, as LISA/PixelLM) or over referred objects, "
+                   "each by its first expression (as Seg-Zero/VisionReasoner)")
     p.add_argument("--name", metavar="NAME", help="dataset name, e.g. refcoco (refer, grefcoco)")
     p.add_argument("--split-by", metavar="NAME", help="split owner, e.g. unc (refer, grefcoco)")
     p.set_defaults(func=run, score_parser=p)
