@@ -21,6 +21,7 @@ COMMANDS = {
     "chat": "pixellm.chat",
     "export": "pixellm.export",
     "plan-memory": "pixellm.memory_plan",
+    "probe-grounding": "pixellm.grounding.cli",
 }
 
 
