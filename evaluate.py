@@ -3,6 +3,7 @@
     python evaluate.py outputs/demo --dataset synthetic:val --dataset synthetic:compositional
     python evaluate.py MODEL_DIR --dataset refcoco:val --dataset refcocog:test --data-root data
     torchrun --nproc_per_node 4 evaluate.py MODEL_DIR --dataset muse:test_many   # sharded, exact
+    python evaluate.py MODEL_DIR --dataset joint:data/pixmmvp/joint.jsonl   # VQA + grounding items
 
 MODEL: an exported model folder, a training run folder (its latest checkpoint) or a YAML config.
 Writes <out>/<dataset>[_<mode>]/{predictions.jsonl,metrics.json} and prints a table.
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import torch
 
+from pixellm.data.joint import load_joint
 from pixellm.data.skips import SKIPPED_FILE, SkipLog, skip_entry
 from pixellm.data.sources import load_source
 from pixellm.entry import user_errors_exit
 from pixellm.evaluation.datasets import EvalDataset, parse_dataset
+from pixellm.evaluation.joint import evaluate_joint
 from pixellm.evaluation.loading import eval_config, load_model
 from pixellm.evaluation.report import format_table
 from pixellm.evaluation.runner import evaluate_split
@@ -36,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("model", help="model folder, training run folder / checkpoint, or YAML config")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.batch_size=16")
     p.add_argument("--dataset", action="append", required=True, metavar="NAME:SPLIT",
-                   help="synthetic:val, muse:test_less, refcoco:val, refcocog@umd:test, grefcoco:val, custom:FILE.jsonl")
+                   help="synthetic:val, muse:test_less, refcoco:val, refcocog@umd:test, grefcoco:val, custom:FILE.jsonl, "
+                   "joint:FILE.jsonl")
     p.add_argument("--protocol", choices=["both", "teacher_forced", "generated"], default="both",
                    help="RefCOCO-family protocol(s); MUSE and custom data are always generated")
     p.add_argument("--per", choices=["expression", "instance"], default="expression",
@@ -79,6 +83,11 @@ def main(argv=None) -> dict:
         for mode in ds.modes:
             key = ds.name if len(ds.modes) == 1 else f"{ds.name}/{mode}"
             folder = out / key.replace(":", "_").replace("/", "_")
+            if ds.protocol == "joint":  # two prompts per item: the answer, then the grounding
+                results[key] = evaluate_joint(
+                    predictor, records, folder, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                    rank=rank, world_size=world, skips=skips)
+                continue
             results[key] = evaluate_split(
                 predictor, records, ds.protocol, mode, folder, batch_size=cfg.eval.batch_size,
                 max_new_tokens=cfg.eval.max_new_tokens, rank=rank, world_size=world, split=ds.source.split, skips=skips,
@@ -93,7 +102,10 @@ def main(argv=None) -> dict:
 
 
 def load_split(ds: EvalDataset, cfg, skips: SkipLog) -> list:
-    """The split's records (limited by eval.limit_images); malformed ones are written to `skips`."""
+    """The split's records (limited by eval.limit_images); malformed ones are written to `skips`
+    (joint items: a malformed one stops the run with its file, line and reason)."""
+    if ds.protocol == "joint":
+        return limit_images(load_joint(Path(ds.source.annotations), Path(ds.source.image_root)), cfg.eval.limit_images)
     bad: list = []
     records = load_source(ds.source, cfg.data, mode="eval", where=f"--dataset {ds.name}", skipped=bad)
     skips.add([skip_entry(p, source=ds.name, stage="load") for p in bad])

@@ -12,8 +12,9 @@ SEG_PLACEHOLDER = "<seg>"
 NO_TARGET_ANSWER = "There is no such object in the image."
 """Fixed answer for a question whose referent is absent (gRefCOCO no-target, synthetic)."""
 
-SCORING_PROTOCOLS = ("muse", "custom", "refer", "grefcoco", "reasonseg")
-"""How a split is scored (evaluation.metrics): `pixellm score PROTOCOL` and evaluate.py."""
+SCORING_PROTOCOLS = ("muse", "custom", "refer", "grefcoco", "reasonseg", "joint")
+"""How a split is scored (evaluation.metrics; "joint": answers and grounding, evaluation.joint):
+`pixellm score PROTOCOL` and evaluate.py."""
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -67,7 +67,7 @@ def test_every_protocol_states_its_unit():
     assert score_questions("muse", {"a": []}, {})["protocol"] == "muse"  # the in-memory scorer has no unit
     from pixellm.evaluation.units import DEFAULT_PER, check_per
 
-    assert set(DEFAULT_PER) == {"refer", "grefcoco", "muse", "custom", "reasonseg"}
+    assert set(DEFAULT_PER) == {"refer", "grefcoco", "muse", "custom", "reasonseg", "joint"}
     check_per("reasonseg", "query")
     with pytest.raises(ValueError, match="not a unit of the grefcoco protocol"):
         check_per("grefcoco", "instance")

@@ -37,6 +37,8 @@ COVERAGE = {
         "test_eval_units.py::test_evaluate_runs_only_the_first_expression_per_instance (the split it runs) and "
         "test_refer_scores_per_expression_or_per_instance (its scores)",
     "pixellm score refer": "test_eval_units.py::test_refer_scores_per_expression_or_per_instance",
+    "python evaluate.py MODEL_DIR --dataset joint:": "test_joint_eval.py::test_evaluate_py_and_score_joint_end_to_end_with_a_tiny_model",
+    "pixellm score joint": "test_joint_eval.py::test_evaluate_py_and_score_joint_end_to_end_with_a_tiny_model",
     "python benchmarks/model_size.py": "test_model_size.py",
     "python benchmarks/data_throughput.py": "test_benchmark_scripts_run_at_tiny_size (below)",
     "python benchmarks/data_throughput.py --rehearsal": "test_rehearsal_loader.py (2 photos per source, 3 batches)",

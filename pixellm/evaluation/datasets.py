@@ -26,7 +26,7 @@ def parse_dataset(text: str, *, data_root: str = "data", image_root: str | None 
                   per: str = "expression") -> EvalDataset:
     """Dataset names: synthetic:SPLIT, muse:{val,test_less,test_many},
     refcoco|refcoco+|refcocog|refclef[@SPLITBY]:SPLIT, grefcoco:SPLIT, reasonseg:{val,test},
-    custom:PATH.jsonl.
+    custom:PATH.jsonl, joint:PATH.jsonl (VQA + grounding items, data.joint; protocol "joint").
 
     Paths follow the README layout under `data_root`; `image_root` overrides the image folder.
     `per` ("expression" or "instance") is the averaging unit of the REFER family (others keep theirs).
@@ -49,6 +49,10 @@ def parse_dataset(text: str, *, data_root: str = "data", image_root: str | None 
         path = Path(split)
         src = SourceConfig(type="custom", annotations=str(path), image_root=image_root or str(path.parent), split=path.stem)
         return EvalDataset(f"custom:{path.stem}", src, "custom", ("generated",))
+    if name == "joint":  # evaluation-only items, read by data.joint.load_joint (not a training source type)
+        path = Path(split)
+        src = SourceConfig(type="custom", annotations=str(path), image_root=image_root or str(path.parent), split=path.stem)
+        return EvalDataset(f"joint:{path.stem}", src, "joint", ("generated",))
     base, _, split_by = name.partition("@")
     if base in REFER_NAMES or base == "grefcoco":
         kind = "grefcoco" if base == "grefcoco" else "refer"

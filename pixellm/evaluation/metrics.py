@@ -36,6 +36,8 @@ Protocols (`PROTOCOLS`):
 * ``reasonseg``: one pair per query, union of predicted masks vs the GT mask, with the GT's
   ignore pixels (value 255 in LISA's ground truth) left out of both intersection and union
   (LISA conventions); reported overall and per query kind (`short`, `long`: `is_sentence`).
+* ``joint``: the grounding half of a joint VQA + grounding item (evaluation.joint): one pair,
+  union of predicted masks vs the GT mask, as ``grefcoco``.
 
 Every result says how it was computed: `empty_pair_iou` (1: empty vs empty is a perfect pair),
 `protocol`, `num_questions` scored and `num_missing_predictions`.
@@ -287,7 +289,7 @@ _PAIRS = {"muse": muse_pairs, "custom": muse_pairs, "refer": refer_pairs}
 def question_pairs(protocol: str, preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
                    ignore: np.ndarray | None = None) -> list[Pair]:
     """The pairs one question contributes under `protocol` (`ignore`: reasonseg only)."""
-    if protocol == "grefcoco":
+    if protocol in ("grefcoco", "joint"):
         return [grefcoco_pair(preds, gts)]
     if protocol == "reasonseg":
         return [reasonseg_pair(preds, gts, ignore)]

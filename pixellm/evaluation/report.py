@@ -13,11 +13,14 @@ COLUMNS = (
     ("count_acc", "count_acc"),
     ("N-acc", "N-acc"),
     ("T-acc", "T-acc"),
+    ("answer_acc", "answer_acc"),  # joint VQA + grounding items
+    ("grounded_acc", "grounded_acc"),
     ("num_questions", "num_questions"),
 )
 LEGEND = {
     "gIoU_targets": "gIoU_tgt = gIoU over questions with a target",
     "N-acc": "N-acc = share of no-target questions answered with no mask",
+    "grounded_acc": "grounded_acc = share of items whose grounding IoU >= 0.5",
 }
 
 

@@ -1,5 +1,5 @@
-"""`pixellm score {muse,refer,grefcoco,reasonseg,custom} ... --predictions P.jsonl`: score a predictions
-file against a dataset split and print one JSON object (sorted keys) to stdout.
+"""`pixellm score {muse,refer,grefcoco,reasonseg,custom,joint} ... --predictions P.jsonl`: score a
+predictions file against a dataset split and print one JSON object (sorted keys) to stdout.
 
 `score_predictions` is the one home of the scoring logic; evaluation code calls it directly.
 """
@@ -70,7 +70,8 @@ def score_predictions(
     `num_skipped` counts the questions skipped here or before (entries already in `skipped`).
     `per`: the averaging unit (`units`; default the protocol's); REFER records averaged per
     "instance" keep each object's first expression, and the predictions of its other
-    expressions are left out (`num_unscored_expressions`).
+    expressions are left out (`num_unscored_expressions`). "joint" scores answers and grounding
+    together (`joint.score_joint_predictions`).
     """
     from pixellm.data.images import ImageReadError
     from pixellm.data.skips import skip_entry
@@ -81,6 +82,10 @@ def score_predictions(
 
     per = per or DEFAULT_PER[protocol]
     check_per(protocol, per)
+    if protocol == "joint":  # answers and grounding together
+        from .joint import score_joint_predictions
+
+        return score_joint_predictions(records, predictions, skipped=skipped)
     other: set[str] = set()
     if protocol == "refer":
         records, other = select_unit(records, per)
@@ -124,6 +129,10 @@ def load_records(args: argparse.Namespace) -> list[QARecord]:
         from pixellm.data.custom import load_custom
 
         return load_custom(Path(args.annotations), Path(args.image_root))
+    if args.protocol == "joint":
+        from pixellm.data.joint import load_joint
+
+        return load_joint(Path(args.annotations), Path(args.image_root))
     if args.protocol == "reasonseg":
         from pixellm.data.reasonseg import load_reasonseg
 
@@ -150,7 +159,7 @@ def _per(args: argparse.Namespace) -> str | None:
 
 
 def _missing_flags(args: argparse.Namespace) -> list[str]:
-    if args.protocol in ("muse", "custom"):
+    if args.protocol in ("muse", "custom", "joint"):
         need = {"--annotations": args.annotations, "--image-root": args.image_root}
     elif args.protocol == "reasonseg":
         need = {"--root": args.root}
@@ -177,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for e in skipped:
         print(f"skipped: {e['file']}: {e['where']}: {e['reason']}", file=sys.stderr)
-    if args.protocol != "custom":
+    if args.protocol not in ("custom", "joint"):  # a file, not a named split
         result["split"] = args.split or "val"
     print(json.dumps(result, sort_keys=True))
     return 0
@@ -192,8 +201,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("protocol", choices=sorted(set(SCORING_PROTOCOLS)), help="dataset format and scoring protocol")
     p.add_argument("--predictions", required=True, metavar="P.jsonl", help="predictions file (JSON Lines)")
-    p.add_argument("--annotations", metavar="FILE", help="annotation file (muse, custom)")
-    p.add_argument("--image-root", metavar="DIR", help="image folder (required for muse, custom)")
+    p.add_argument("--annotations", metavar="FILE", help="annotation file (muse, custom, joint)")
+    p.add_argument("--image-root", metavar="DIR", help="image folder (required for muse, custom, joint)")
     p.add_argument("--split", metavar="NAME", help="split to score (default: val; muse, refer, grefcoco, reasonseg)")
     p.add_argument("--root", metavar="DIR", help="REFER-layout data root (refer, grefcoco); the folder holding "
                    "train/ val/ test/ (reasonseg)")

@@ -8,6 +8,7 @@ gIoU averages pair IoUs, and a question gives one pair on the REFER family, so w
 * ``instance`` (REFER family, ``--per instance``): one question per referred object, its first
   expression in the refs file, as Seg-Zero / VisionReasoner count them (RefCOCO val: 3,811).
 * ``question`` (MUSE, custom): one question of the file; its pairs are its matched instances.
+  Joint VQA + grounding items: one item of the file, one pair (evaluation.joint).
 * ``image`` / ``query`` (ReasonSeg): the first query of each image, as LISA's validation, or
   every query (``--all-queries``).
 """
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ..data.records import QARecord
 
 DEFAULT_PER = {"refer": "expression", "grefcoco": "expression", "muse": "question", "custom": "question",
-               "reasonseg": "image"}
+               "reasonseg": "image", "joint": "question"}
 REFER_PER = ("expression", "instance")
 
 
