@@ -167,6 +167,7 @@ class SyntheticSettings:
     num_train: int = _help("Training images (3 questions each).", 4000)
     num_val: int = _help("Validation images.", 100)
     num_compositional: int = _help("Held-out colour-shape pair images.", 100)
+    num_vqa: int = _help("Images of the text-only `vqa` split (every colour-shape pair, no masks).", 0)
     image_size: int = _help("Image side in pixels.", 64)
     seed: int = _help("Generation seed.", 0)
 

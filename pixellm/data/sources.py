@@ -46,7 +46,8 @@ def ensure_synthetic(data: DataConfig) -> Path:
     fresh = stamp.is_file() and json.loads(stamp.read_text()) == wanted
     if not fresh and (not distributed or td.get_rank() == 0):  # one writer; the others wait
         stamp.unlink(missing_ok=True)
-        generate_synthetic(out, s.num_train, s.num_val, s.num_compositional, size=s.image_size, seed=s.seed)
+        generate_synthetic(out, s.num_train, s.num_val, s.num_compositional, size=s.image_size, seed=s.seed,
+                           num_vqa=s.num_vqa)
         stamp.write_text(json.dumps(wanted))
     if distributed:
         td.barrier()

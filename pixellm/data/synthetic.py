@@ -16,6 +16,10 @@ Each image gets a few conversations, of three kinds (stored as the extra key "ki
   (centre on that side) reading -> "The blue square <seg>.";
 - ``absent`` (about 18%): a shape that is not in the image -> NO_TARGET_ANSWER, no mask.
 
+With ``num_vqa`` > 0 a fourth split, ``vqa``, holds text-only questions (colour, shape, count,
+position, existence) about scenes drawn from every pair, the held-out ones included
+(`synthetic_vqa`): what a model can learn about the scenes without any mask.
+
 Train and val use SEEN_PAIRS; the compositional split uses only HELD_OUT_PAIRS (see
 `synthetic_scene`). Records also carry "objects" (colour, shape, bbox, mask path), which the
 custom loader ignores. Output is a function of (counts, size, seed) only.
@@ -35,7 +39,7 @@ if TYPE_CHECKING:  # numpy, PIL, tqdm load when the generator runs, not with the
 
     from .synthetic_scene import SceneObject
 
-SPLITS = ("train", "val", "compositional")
+SPLITS = ("train", "val", "compositional", "vqa")
 RELATIONS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 TEMPLATES = ("Segment the {}.", "Please segment the {}.", "Can you segment the {}?")
 P_ABSENT, P_RELATION = 0.18, 0.27
@@ -43,23 +47,26 @@ QUESTIONS_PER_IMAGE = 3
 
 
 def generate_synthetic(out_dir: Path, num_train: int, num_val: int, num_compositional: int, size: int = 64,
-                       seed: int = 0, progress: bool = True) -> dict[str, Path]:
-    """Write the three splits under `out_dir`; returns {split: path of its JSONL}."""
+                       seed: int = 0, progress: bool = True, num_vqa: int = 0) -> dict[str, Path]:
+    """Write the splits under `out_dir` (vqa only when num_vqa > 0); returns {split: path of its JSONL}."""
     import numpy as np
     from tqdm import tqdm
 
     from .synthetic_scene import HELD_OUT_PAIRS, SEEN_PAIRS
 
-    if min(num_train, num_val, num_compositional) < 0:
+    if min(num_train, num_val, num_compositional, num_vqa) < 0:
         raise ValueError("image counts must be >= 0")
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
     out_dir = Path(out_dir)
-    counts = dict(zip(SPLITS, (num_train, num_val, num_compositional), strict=True))
+    counts = dict(zip(SPLITS, (num_train, num_val, num_compositional, num_vqa), strict=True))
+    if not num_vqa:
+        counts.pop("vqa")
     paths = {}
     with tqdm(total=sum(counts.values()), desc="make-synthetic", unit="img", disable=not progress) as bar:
         for split_index, (split, count) in enumerate(counts.items()):
-            pairs = sorted(HELD_OUT_PAIRS) if split == "compositional" else list(SEEN_PAIRS)
+            pairs = {"compositional": sorted(HELD_OUT_PAIRS), "vqa": list(SEEN_PAIRS) + sorted(HELD_OUT_PAIRS)
+                     }.get(split, list(SEEN_PAIRS))
             (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
             (out_dir / "masks" / split).mkdir(parents=True, exist_ok=True)
             paths[split] = out_dir / f"{split}.jsonl"
@@ -82,6 +89,11 @@ def _write_image(out_dir: Path, split: str, i: int, rng: np.random.Generator, si
     image, objects = sample_scene(rng, size, pairs)
     image_rel = f"images/{split}/{i:06d}.png"
     Image.fromarray(image).save(out_dir / image_rel)
+    if split == "vqa":  # text only: no masks are written
+        from .synthetic_vqa import vqa_conversations
+
+        return {"image": image_rel, "image_id": i, "conversations": vqa_conversations(rng, objects, pairs, size),
+                "objects": [{"colour": o.colour, "shape": o.shape, "bbox": list(o.box)} for o in objects]}
     mask_rels = []
     for j, obj in enumerate(objects):
         mask_rels.append(f"masks/{split}/{i:06d}_{j}.png")
@@ -188,6 +200,7 @@ def register(subparsers) -> None:
     p.add_argument("--train", type=int, default=1000, help="train images (default 1000)")
     p.add_argument("--val", type=int, default=100, help="val images (default 100)")
     p.add_argument("--compositional", type=int, default=100, help="held-out-pair images (default 100)")
+    p.add_argument("--vqa", type=int, default=0, help="text-only VQA images, every pair (default 0)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64, min 32)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run)
@@ -196,7 +209,7 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     try:
         paths = generate_synthetic(args.out_dir, args.train, args.val, args.compositional,
-                                   size=args.size, seed=args.seed)
+                                   size=args.size, seed=args.seed, num_vqa=args.vqa)
     except ValueError as e:
         raise SystemExit(f"pixellm make-synthetic: error: {e}") from None
     for split, path in paths.items():
