@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo rehearsal lint clean
+.PHONY: setup test demo grounding-demo rehearsal lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ test: setup
 
 demo: setup
 	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pixellm.demo
+
+grounding-demo: setup  # does grounding emerge without masks? 3 tiny runs (about 35 min): outputs/grounding_demo
+	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pixellm.grounding.demo --mix 0.5
 
 rehearsal: setup  # the 7B recipe at real widths on CPU (about 40 min): outputs/rehearsal/report.json
 	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(PY) -m pixellm.rehearsal

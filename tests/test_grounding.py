@@ -130,6 +130,29 @@ def test_locate_phrases_finds_each_phrases_tokens(model_and_inputs):
     assert decoded == ["red circle", "blue square"] and spans[2] == []
 
 
+def save_tiny_sam(path):
+    """A random 2-layer SamModel at 256 px and its processor, saved as a user's SAM folder."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    cfg = SamConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=256, patch_size=16,
+                           output_channels=32, global_attn_indexes=[1], window_size=4, mlp_dim=64, num_pos_feats=16),
+        prompt_encoder_config=dict(hidden_size=32, image_size=256, patch_size=16),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32))
+    torch.manual_seed(0)
+    SamModel(cfg).save_pretrained(path)
+    SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": 256},
+                                                   pad_size={"height": 256, "width": 256})).save_pretrained(path)
+
+
+def test_sam_segments_from_a_point_at_the_image_size(tmp_path):
+    from pixellm.grounding.sam import SamPointSegmenter
+
+    save_tiny_sam(tmp_path / "sam")
+    mask = SamPointSegmenter(tmp_path / "sam")(Image.new("RGB", (80, 60), (100, 20, 20)), (40.0, 30.0))
+    assert mask.shape == (60, 80) and mask.dtype == bool
+
+
 def test_probe_grounding_cli_writes_json_and_png_for_two_models(refer_root, tmp_path, capsys):  # noqa: F811
     from conftest import build_tiny, tiny_model_config
 
@@ -141,9 +164,11 @@ def test_probe_grounding_cli_writes_json_and_png_for_two_models(refer_root, tmp_
     tok = build_tiny_tokenizer()
     random_tiny_llava(tiny_model_config(), tok).save_pretrained(tmp_path / "llava")
     tok.save_pretrained(tmp_path / "llava")
+    save_tiny_sam(tmp_path / "sam")
     out = tmp_path / "probe"
     rc = main(["probe-grounding", str(tmp_path / "pixellm"), str(tmp_path / "llava"), "--dataset", "refcoco:train",
                "--data-root", str(refer_root.parent), "--out", str(out), "--max-new-tokens", "6",
+               "--sam", str(tmp_path / "sam"),
                "--set", "model.decoder_layers=[-2,1]", "--set", "model.image_size=64"])
     assert rc == 0, capsys.readouterr().err
     doc = json.loads((out / "grounding.json").read_text())
@@ -153,7 +178,36 @@ def test_probe_grounding_cli_writes_json_and_png_for_two_models(refer_root, tmp_
         assert len(r["layers"]) == 2 and all(0 <= x["point_acc"] <= 1 for x in r["layers"])
         assert 0 < r["chance_point_acc"] < 1 and r["when"]["num_targets"] == 4
         assert sum(r["when"]["histogram"]["counts"]) == 4
+        assert 0 <= r["sam"]["mask_iou"] <= 1
     assert pix["codebook"] and pix["decoder"]["gIoU"] is not None
     assert not llava["codebook"] and llava["decoder"] is None
     with Image.open(out / "grounding.png") as im:
         assert im.size[0] > 600
+
+
+def test_grounding_demo_runs_at_tiny_size(tmp_path):
+    """`make grounding-demo` at a few steps: the VQA-only LLaVA trains on text alone, both models
+    are probed on val and compositional, and the summary holds both."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import build_tiny
+
+    repo = Path(__file__).resolve().parents[1]
+    build_tiny(seed=2).save_pretrained(tmp_path / "pixellm")  # stands in for the trained demo model
+    out = tmp_path / "demo"
+    env = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixellm.grounding.demo", "--out", str(out), "--pixellm", str(tmp_path / "pixellm"),
+         "--vqa-images", "8", "--limit-images", "2", "train.max_steps=2", "train.batch_size=4", "data.num_workers=0",
+         "data.synthetic.num_train=4", "data.synthetic.num_val=2", "data.synthetic.num_compositional=2",
+         "train.wandb_mode=disabled", "model.tiny.num_layers=2"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    for split in ("val", "compositional"):
+        assert set(summary[split]) == {"pixellm", "vqa_llava"}  # the demo PixelLM and the VQA-only LLaVA
+        assert summary[split]["vqa_llava"]["decoder"] is None and summary[split]["pixellm"]["decoder"] is not None
+        assert len(summary[split]["vqa_llava"]["point_acc_per_layer"]) == 2
+        assert (out / split / "grounding.png").is_file()

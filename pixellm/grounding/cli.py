@@ -34,6 +34,12 @@ def register(subparsers) -> None:
                    help="LLM layers aggregated for the overall figures (default: all)")
     p.add_argument("--heads", type=_ints, default=None, metavar="0,1,...", help="heads averaged (default: all)")
     p.add_argument("--no-normalise", action="store_true", help="raw attention (no mean-map subtraction)")
+    p.add_argument("--attention-only", action="append", default=[], metavar="MODEL",
+                   help="a MODEL whose codebook and decoder never saw a mask (e.g. trained on VQA only): "
+                   "probe its attention, leave its decoder out")
+    p.add_argument("--sam", default=None, metavar="DIR",
+                   help="a transformers SamModel folder (e.g. facebook/sam-vit-huge saved locally): also segment "
+                   "from the aggregated attention peak, as attend-and-segment does")
     p.add_argument("--no-when", action="store_true", help="skip the generated-answer (oracle token) analysis")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -72,11 +78,12 @@ def probe_models(args: argparse.Namespace) -> dict:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = ProbeSettings(layers=args.layers, heads=args.heads, normalise=not args.no_normalise,
-                             when=not args.no_when, max_new_tokens=args.max_new_tokens)
+                             when=not args.no_when, max_new_tokens=args.max_new_tokens, sam=args.sam)
     ds = parse_dataset(args.dataset, data_root=args.data_root, image_root=args.image_root)
     results, labels = {}, _labels(args.models)
     for label, path in zip(labels, args.models):
         model, cfg, codebook = load_probe_model(path, args.overrides, device)
+        codebook = codebook and path not in args.attention_only
         records = probe_records(ds, cfg, args.limit_images)
         probe = GroundingProbe(PixelLMPredictor(model), settings, codebook)
         for record in tqdm(records, desc=f"probe {label}", unit="question"):
@@ -92,6 +99,7 @@ def probe_models(args: argparse.Namespace) -> dict:
 
 
 def _labels(models: list[str]) -> list[str]:
-    """A short unique label per model (its folder name, numbered if two are the same)."""
-    names = [Path(m).name or str(m) for m in models]
+    """A short unique label per model: its folder name (the run's for a run's export/ folder),
+    numbered if two are the same."""
+    names = [(Path(m).parent.name if Path(m).name == "export" else Path(m).name) or str(m) for m in models]
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]

@@ -51,6 +51,7 @@ class ProbeSettings:
     decoder: bool = True
     when: bool = True
     max_new_tokens: int = 64
+    sam: str | None = None  # a SamModel folder: also segment from the aggregated peak (grounding.sam)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Tally:
     layer_ious: list[float] = field(default_factory=list)
     agg_hits: int = 0
     agg_iou: float = 0.0
+    sam_iou: float = 0.0
     targets: int = 0
     area: float = 0.0
     decoder_iou: float = 0.0
@@ -88,6 +90,8 @@ def probe_answer(record: QARecord, codebook: bool) -> tuple[str, list[str]]:
     (REFER's evaluation answer "It is <seg>." does not name the expression). Without a trained
     codebook the `<seg>` placeholders are dropped from what the model reads."""
     phrases = record.phrases or split_phrases(record.answer)
+    if not phrases:  # a question without a target ("no such object"): nothing to localise
+        return record.answer, []
     answer = record.answer if _names_in_order(record.answer, phrases) else template_answer(phrases)
     if not codebook:
         answer = answer.replace(f" {SEG_PLACEHOLDER}", "").replace(SEG_PLACEHOLDER, "")
@@ -166,6 +170,11 @@ class GroundingProbe:
         self.processor = predictor.processor
         self.model = predictor.model
         self.tally = Tally()
+        self.sam = None
+        if settings.sam:
+            from .sam import SamPointSegmenter
+
+            self.sam = SamPointSegmenter(settings.sam, predictor.device)
 
     def maps(self, pixels: torch.Tensor, question: str, answer_ids: list[int]) -> AnswerAttention:
         prompt = self.processor.prompt_ids(question)
@@ -197,9 +206,11 @@ class GroundingProbe:
                 hit, iou, _ = score_map(aggregate(att.maps, [layer], target.tokens), target, meta, size)
                 t.layer_hits[layer] += hit
                 t.layer_ious[layer] += iou
-            hit, iou, _ = score_map(aggregate(att.maps, s.layers, target.tokens), target, meta, size)
+            hit, iou, point = score_map(aggregate(att.maps, s.layers, target.tokens), target, meta, size)
             t.agg_hits += hit
             t.agg_iou += iou
+            if self.sam is not None:  # a peak in the padding prompts nothing: IoU 0
+                t.sam_iou += _iou(self.sam(image, point), target.mask) if point is not None else 0.0
             t.targets += 1
             t.area += float(target.mask.mean())
             if decoder is not None:
@@ -265,6 +276,7 @@ class GroundingProbe:
             "aggregate": {"layers": self.settings.layers or "all", "point_acc": frac(t.agg_hits, n),
                           "mask_iou": frac(t.agg_iou, n)},
             "decoder": {"gIoU": frac(t.decoder_iou, n)} if self.codebook and self.settings.decoder else None,
+            "sam": {"model": self.settings.sam, "mask_iou": frac(t.sam_iou, n)} if self.sam is not None else None,
         }
         if self.settings.when:
             counts, edges = np.histogram(t.positions, bins=HIST_BINS, range=(0.0, 1.0))
