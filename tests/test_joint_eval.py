@@ -157,7 +157,10 @@ def test_evaluate_py_and_score_joint_end_to_end_with_a_tiny_model(tmp_path, caps
                              "eval.max_new_tokens=8"])
     folder = tmp_path / "eval" / "joint_joint"
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics == results["joint:joint"]
+    attention = json.loads((folder / "attention.json").read_text())
+    assert {**metrics, "attention": attention} == results["joint:joint"]
+    # the object's words are found in the answer that names it, and their attention is scored
+    assert attention["num_targets"] == 2 and 0 <= attention["point_acc"] <= 1 and 0 < attention["chance_point_acc"] < 1
     assert {"answer_acc", "gIoU", "cIoU", "grounded_acc", "grounded_threshold", "table", "table_fractions",
             "num_questions", "num_missing_predictions", "protocol", "empty_pair_iou", "per"} <= set(metrics)
     assert metrics["num_questions"] == 2 and metrics["num_missing_predictions"] == 0

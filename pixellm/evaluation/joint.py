@@ -237,4 +237,21 @@ def evaluate_joint(predictor: PixelLMPredictor, records: Sequence[QARecord], out
     if skips is not None:
         skips.add(skipped)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, sort_keys=True, indent=2))
-    return metrics
+    attention = attention_grounding(predictor, records)  # needs the model: not part of `pixellm score`
+    (out_dir / "attention.json").write_text(json.dumps(attention, sort_keys=True, indent=2))
+    return {**metrics, "attention": attention}
+
+
+def attention_grounding(predictor: PixelLMPredictor, records: Sequence[QARecord]) -> dict:
+    """Where the object's own words attend, on the grounding prompt with the teacher-forced answer
+    naming the object (`pixellm probe-grounding`'s rules: normalised maps, every layer): PointAcc,
+    the attention mask's IoU, and chance (the mean GT area fraction)."""
+    from ..grounding.probe import GroundingProbe, ProbeSettings
+    from .score import gt_masks, image_size
+
+    probe = GroundingProbe(predictor, ProbeSettings(decoder=False, when=False), codebook=True)
+    for r in grounding_records(records):
+        probe.add(r, gt_masks(r, image_size(r)))
+    res = probe.result()
+    return {"point_acc": res["aggregate"]["point_acc"], "mask_iou": res["aggregate"]["mask_iou"],
+            "chance_point_acc": res["chance_point_acc"], "num_targets": res["num_targets"], "skipped": res["skipped"]}
