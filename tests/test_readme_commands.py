@@ -39,6 +39,9 @@ COVERAGE = {
     "pixellm score refer": "test_eval_units.py::test_refer_scores_per_expression_or_per_instance",
     "python evaluate.py MODEL_DIR --dataset joint:": "test_joint_eval.py::test_evaluate_py_and_score_joint_end_to_end_with_a_tiny_model",
     "pixellm score joint": "test_joint_eval.py::test_evaluate_py_and_score_joint_end_to_end_with_a_tiny_model",
+    "pixellm probe-grounding": "test_grounding.py::test_probe_grounding_cli_writes_json_and_png_for_two_models",
+    "make grounding-demo": "test_grounding.py::test_grounding_demo_runs_at_tiny_size (2 steps, 2 images per split; "
+                           "the full run is the README's figures)",
     "python benchmarks/model_size.py": "test_model_size.py",
     "python benchmarks/data_throughput.py": "test_benchmark_scripts_run_at_tiny_size (below)",
     "python benchmarks/data_throughput.py --rehearsal": "test_rehearsal_loader.py (2 photos per source, 3 batches)",

@@ -23,6 +23,7 @@ def plot_grounding(doc: dict, path: Path) -> None:
             ax.axhline(r["chance_point_acc"], linestyle="--", linewidth=0.8, color=f"C{i}")
         if r.get("decoder") and r["decoder"]["gIoU"] is not None:
             ax.axhline(r["decoder"]["gIoU"], linestyle=":", linewidth=1.2, color=f"C{i}")
+    ax.set_xticks(sorted({x["layer"] for r in models.values() for x in r["layers"]}))
     ax.set(xlabel="LLM layer", ylabel="PointAcc", ylim=(0, 1.02),
            title=f"{doc['dataset']}: attention peak in the mask\n(dashed: chance; dotted: decoder gIoU)")
     ax.legend(fontsize=8)
