@@ -45,6 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="config override for every model, e.g. data.synthetic.dir=...")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="weights dtype (auto: bf16/fp16 on CUDA, fp32 on CPU); attention maps are kept in fp32")
     p.set_defaults(func=run)
 
 
@@ -71,6 +73,7 @@ def probe_models(args: argparse.Namespace) -> dict:
 
     from ..evaluation.datasets import parse_dataset
     from ..evaluation.score import gt_masks, image_size
+    from ..precision import resolve_dtype
     from ..predictor import PixelLMPredictor
     from .loading import load_probe_model, probe_records
     from .plot import plot_grounding
@@ -82,7 +85,7 @@ def probe_models(args: argparse.Namespace) -> dict:
     ds = parse_dataset(args.dataset, data_root=args.data_root, image_root=args.image_root)
     results, labels = {}, _labels(args.models)
     for label, path in zip(labels, args.models):
-        model, cfg, codebook = load_probe_model(path, args.overrides, device)
+        model, cfg, codebook = load_probe_model(path, args.overrides, device, resolve_dtype(args.dtype, device))
         codebook = codebook and path not in args.attention_only
         records = probe_records(ds, cfg, args.limit_images)
         probe = GroundingProbe(PixelLMPredictor(model), settings, codebook)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..build import CONFIG_NAME, build_pixellm
 from ..config import Config, load_config
 from ..data.records import QARecord
@@ -26,18 +28,19 @@ def is_llava_folder(path: Path) -> bool:
         return False
 
 
-def load_probe_model(path: str, overrides: list[str], device: str) -> tuple[PixelLM, Config, bool]:
+def load_probe_model(path: str, overrides: list[str], device: str,
+                     dtype: torch.dtype | None = None) -> tuple[PixelLM, Config, bool]:
     """(model in eval mode, its config, whether its codebook and decoder are trained).
 
     A llava-hf folder is built around with fresh codebook tokens that its answers never use: its
     attention is probed as the checkpoint has it. A YAML config builds a fresh model (untrained
-    codebook). An exported PixelLM or a run is loaded as `evaluate.py` loads it.
+    codebook). An exported PixelLM or a run is loaded as `evaluate.py` loads it. dtype None = fp32.
     """
     p = Path(path)
     if is_llava_folder(p):
         cfg = load_config(None, [f"model.llava_path={p}", *overrides])
-        return build_pixellm(cfg.model, device=device).eval(), cfg, False
-    model, cfg = load_model(p, overrides=overrides, device=device)
+        return build_pixellm(cfg.model, device=device, dtype=dtype).eval(), cfg, False
+    model, cfg = load_model(p, overrides=overrides, device=device, dtype=dtype)
     return model, cfg, p.suffix not in (".yaml", ".yml")
 
 
