@@ -50,7 +50,7 @@ COVERAGE = {
     "make rehearsal": "test_rehearsal_data.py, test_llama_tokenizer.py, test_rehearsal_schedule.py (its data, "
                       "tokenizer, checkpoint and seed); test_multi_gpu.py (the same 2-rank stages at tiny width). The "
                       "full run is 25 min at real widths: issue 15's acceptance, not part of make test",
-    "pixellm plan-memory": "test_plan_memory.py (the 7B/13B recipes with --json, a tiny config's table)",
+    "pixellm plan-memory": "test_plan_memory_cli.py (the 7B/13B recipes with --json, a tiny config's table)",
 }
 
 
