@@ -24,7 +24,7 @@ from typing import Any
 from ..constants import IMAGE_TOKEN, SEG_PLACEHOLDER
 from ..conversation import codebook_token_in
 from .errors import DataError, Problem
-from .images import ImageReadError, image_size
+from .images import ImageReadError, cached_image_size, image_size
 from .masks import MaskDecodeError, decode_mask
 from .records import QARecord
 
@@ -198,13 +198,7 @@ def _user_text_issues(conv: dict) -> list[Issue]:
 
 def _content_issues(obj: dict, image_root: Path, sizes: dict) -> list[Issue]:
     """Image readable and every mask decodable at the image's size (`sizes` caches images)."""
-    image_path = image_root / obj["image"]
-    if image_path not in sizes:
-        try:
-            sizes[image_path] = image_size(image_path, full_decode=True)
-        except ImageReadError as e:
-            sizes[image_path] = f"image {e}"
-    size = sizes[image_path]
+    size = cached_image_size(image_root / obj["image"], sizes)
     if isinstance(size, str):
         return [("", size)]
     height, width = size

@@ -76,6 +76,17 @@ def image_size(path: str | Path, full_decode: bool = False) -> tuple[int, int]:
     return (width, height) if orientation in _SWAPS_SIDES else (height, width)
 
 
+
+def cached_image_size(path: Path, cache: dict, full_decode: bool = True) -> tuple[int, int] | str:
+    """`image_size`, remembered in `cache` per path (validators read each image once): the
+    (height, width), or the reason the image does not read ("image ...")."""
+    if path not in cache:
+        try:
+            cache[path] = image_size(path, full_decode=full_decode)
+        except ImageReadError as e:
+            cache[path] = f"image {e}"
+    return cache[path]
+
 def mask_from_image(im: Image.Image) -> np.ndarray:
     """(H, W) bool foreground of a decoded mask image, by the module's rule."""
     if im.mode == "P":

@@ -39,7 +39,7 @@ from typing import Any
 from ..conversation import codebook_token_in
 from .custom import _numbered_lines  # the one reader of JSON Lines (line numbers, UTF-8 problems)
 from .errors import DataError, Problem
-from .images import ImageReadError, image_size
+from .images import cached_image_size
 from .masks import MaskDecodeError, decode_mask
 from .records import QARecord
 from .refer import EVAL_ANSWER
@@ -228,13 +228,7 @@ def _answer_issues(obj: dict) -> list[str]:
 def _content_issues(obj: dict, image_root: Path, sizes: dict, full_decode: bool) -> list[str]:
     """The image reads (its size is cached in `sizes`, or the reason it does not read) and the
     mask decodes at that size; an empty mask is a warning."""
-    image_path = image_root / obj["image"]
-    if image_path not in sizes:
-        try:
-            sizes[image_path] = image_size(image_path, full_decode=full_decode)
-        except ImageReadError as e:
-            sizes[image_path] = f"image {e}"
-    size = sizes[image_path]
+    size = cached_image_size(image_root / obj["image"], sizes, full_decode=full_decode)
     if isinstance(size, str):
         return [size]
     try:

@@ -37,23 +37,23 @@ def names(objects: list[SceneObject]) -> str:
     return join_phrases([f"the {o.name}" for o in objects])
 
 
+def _alone(rng: np.random.Generator, objects: list[SceneObject], attr: str) -> SceneObject | None:
+    """A random object whose `attr` ("colour" or "shape") no other object of the scene shares."""
+    counts = Counter(getattr(o, attr) for o in objects)
+    alone = [o for o in objects if counts[getattr(o, attr)] == 1]
+    return alone[int(rng.integers(len(alone)))] if alone else None
+
+
 def vqa_question(kind: str, rng: np.random.Generator, objects: list[SceneObject], pairs: list,
                  size: int) -> dict | None:
     """One {"kind", "question", "answer"} of `kind` about the scene, or None if the scene has none."""
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
-    if kind == "colour":
-        shapes = Counter(o.shape for o in objects)
-        alone = [o for o in objects if shapes[o.shape] == 1]
-        if not alone:
+    if kind in ("colour", "shape"):  # ask for the attribute of an object alone in the other one
+        o = _alone(rng, objects, "shape" if kind == "colour" else "colour")
+        if o is None:
             return None
-        o = pick(alone)
-        return {"question": f"What colour is the {o.shape}?", "answer": f"It is {o.colour}: the {o.name}."}
-    if kind == "shape":
-        colours = Counter(o.colour for o in objects)
-        alone = [o for o in objects if colours[o.colour] == 1]
-        if not alone:
-            return None
-        o = pick(alone)
+        if kind == "colour":
+            return {"question": f"What colour is the {o.shape}?", "answer": f"It is {o.colour}: the {o.name}."}
         return {"question": f"What shape is the {o.colour} object?", "answer": f"It is a {o.shape}: the {o.name}."}
     if kind == "count":
         return {"question": "How many shapes are there?",
