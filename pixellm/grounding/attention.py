@@ -58,15 +58,16 @@ class AnswerAttention:
 
 @torch.no_grad()
 def answer_attention(model, pixel_values: torch.Tensor, prompt_ids: Sequence[int], answer_ids: Sequence[int],
-                     heads: Sequence[int] | None = None) -> AnswerAttention:
+                     heads: Sequence[int] | None = None, vision=None) -> AnswerAttention:
     """One forward over prompt + answer with attention weights returned.
 
-    pixel_values: (1, 3, R, R). Rows: the predicting query of each answer token (module docstring).
+    pixel_values: (1, 3, R, R); vision: its `encode_images` output when the caller has it (an
+    image probed several times is encoded once). Rows: the predicting query of each answer token.
     """
     device = pixel_values.device
     ids = torch.tensor([list(prompt_ids) + list(answer_ids)], dtype=torch.long, device=device)
     image_pos = (ids[0] == model.config.image_token_id).nonzero().flatten()
-    vision = model.encode_images(pixel_values)
+    vision = vision if vision is not None else model.encode_images(pixel_values)
     embeds = model.embed_inputs(ids, vision.llm_tokens, torch.zeros(1, dtype=torch.long, device=device))
     with eager_attention(model.language_model):
         out = model.language_model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), output_attentions=True)

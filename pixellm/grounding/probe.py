@@ -176,9 +176,9 @@ class GroundingProbe:
 
             self.sam = SamPointSegmenter(settings.sam, predictor.device)
 
-    def maps(self, pixels: torch.Tensor, question: str, answer_ids: list[int]) -> AnswerAttention:
+    def maps(self, pixels: torch.Tensor, vision, question: str, answer_ids: list[int]) -> AnswerAttention:
         prompt = self.processor.prompt_ids(question)
-        att = answer_attention(self.model, pixels, prompt, answer_ids, self.settings.heads)
+        att = answer_attention(self.model, pixels, prompt, answer_ids, self.settings.heads, vision)
         if self.settings.normalise:
             att.maps = normalize(att.maps)
         return att
@@ -195,7 +195,9 @@ class GroundingProbe:
         targets = record_targets(record, phrases, spans, gts, t.skipped)
         if not targets:
             return
-        att = self.maps(pixels, record.question, ids)
+        with torch.no_grad():
+            vision = self.model.encode_images(pixels)  # once for the teacher-forced and generated passes
+        att = self.maps(pixels, vision, record.question, ids)
         size = self.processor.image_size
         if not t.layer_hits:
             n = att.maps.shape[0]
@@ -216,23 +218,24 @@ class GroundingProbe:
             if decoder is not None:
                 t.decoder_iou += _iou(decoder[j], target.mask) if j < len(decoder) else 0.0
         if s.when:
-            self._when(pixels, meta, record.question, targets)
+            self._when(pixels, vision, meta, record.question, targets)
 
     def _decoder_masks(self, image, question: str, answer: str) -> list[np.ndarray]:
         (pred,) = self.predictor.segment_with_answers(image, [question], [answer])
         return [seg.mask for seg in pred.segments]
 
-    def _when(self, pixels: torch.Tensor, meta: ImageMeta, question: str, targets: list[Target]) -> None:
+    def _when(self, pixels: torch.Tensor, vision, meta: ImageMeta, question: str, targets: list[Target]) -> None:
         """PixFoundation's question: which token of the model's own answer grounds each target."""
         t, s = self.tally, self.settings
-        pred = self._generate(pixels, question)
+        pred = self._generate(vision, question, pixels.device)
         text = self.model.config.template.answer(pred.replace(SEG_PLACEHOLDER, self.processor.group))
         ids, _ = locate_phrases(self.model.tokenizer, text, [])
-        candidates = [i for i, tok in enumerate(ids) if tok not in set(self.model.config.seg_token_ids)]
+        codebook = set(self.model.config.seg_token_ids)
+        candidates = [i for i, tok in enumerate(ids) if tok not in codebook]
         if len(candidates) < 1:
             t.skipped["generated answer has no text token"] += len(targets)
             return
-        att = self.maps(pixels, question, ids)
+        att = self.maps(pixels, vision, question, ids)
         per_token = (att.maps if s.layers is None else att.maps[list(s.layers)]).mean(0)  # (T, N)
         size = self.processor.image_size
         peaks = per_token.max(dim=1).values
@@ -248,13 +251,12 @@ class GroundingProbe:
             t.auto_hits += auto_hit
             t.auto_agrees += int(auto == oracle)
 
-    def _generate(self, pixels: torch.Tensor, question: str) -> str:
+    def _generate(self, vision, question: str, device: torch.device) -> str:
         """The model's own answer (greedy), with `<seg>` for each codebook group."""
         from ..generation import GenerationConfig, generate
 
-        vision = self.model.encode_images(pixels)
-        prompt = [self.processor.encode_prompt(question).to(pixels.device)]
-        index = torch.zeros(1, dtype=torch.long, device=pixels.device)
+        prompt = [self.processor.encode_prompt(question).to(device)]
+        index = torch.zeros(1, dtype=torch.long, device=device)
         (out,) = generate(self.model, prompt, vision, index, GenerationConfig(max_new_tokens=self.settings.max_new_tokens))
         return self.predictor.decode_text(out.token_ids)
 
